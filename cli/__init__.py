@@ -1,1 +1,1 @@
-"""nas.cli."""
+"""The nas command line."""

@@ -1,1 +1,52 @@
-"""nas.search."""
+"""The search core: spaces, objectives, strategies (optuna samplers), studies and the runner.
+
+Public surface::
+
+    from nas.search import SearchConfig, run_search, create_strategy, list_strategies
+"""
+
+from __future__ import annotations
+
+from nas.search.errors import ConfigMismatch, UserError
+from nas.search.job import SearchResult, run_search
+from nas.search.objectives import (
+    METRICS,
+    Constraint,
+    Objective,
+    hypervolume,
+    parse_constraint,
+    parse_objectives,
+    pareto_mask,
+)
+from nas.search.space import Measurement, Params, Space
+from nas.search.strategies import Strategy, create_strategy, list_strategies, register_strategy
+from nas.search.study import SearchConfig, make_storage
+from nas.search.task import Rejected, Task, create_task, list_tasks, register_task
+
+__all__ = [
+    "METRICS",
+    "ConfigMismatch",
+    "Constraint",
+    "Measurement",
+    "Objective",
+    "Params",
+    "Rejected",
+    "SearchConfig",
+    "SearchResult",
+    "Space",
+    "Strategy",
+    "Task",
+    "UserError",
+    "create_strategy",
+    "create_task",
+    "hypervolume",
+    "list_strategies",
+    "list_tasks",
+    "make_storage",
+    "parse_constraint",
+    "parse_objectives",
+    "pareto_mask",
+    "register_strategy",
+    "register_task",
+    "run_search",
+]

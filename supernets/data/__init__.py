@@ -1,1 +1,1 @@
-"""nas.supernets.data."""
+"""Data files shipped with nas.supernets (see NOTICE)."""

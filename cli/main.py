@@ -1,0 +1,256 @@
+"""The ``nas`` command line (typer).
+
+Bad input ends with one ``error: ...`` line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from nas.cli.output import ProgressReporter, err, out, setup_logging, trials_table
+from nas.search.errors import UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="nas",
+    help="AutoML search and compression.\n\n"
+    "Example: nas search --supernet nb201 --hw raspi4 --strategy tpe --budget 100",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+study_app = typer.Typer(
+    help="Find, read, export and delete studies.\n\nExample: nas study list --storage sqlite:///nas.db",
+    no_args_is_help=True,
+)
+app.add_typer(study_app, name="study")
+
+
+def user_errors(fn: F) -> F:
+    """Turn a :class:`UserError` (or a file error) into one line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err.print(f"error: {e}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+            err.print(f"error: {e.strerror}: {e.filename}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(text: str | None) -> float | None:
+    """``90s``, ``10m``, ``8h``, ``1d`` or plain seconds → seconds."""
+    if text is None:
+        return None
+    m = _DURATION.match(text)
+    if not m:
+        raise UserError(f"duration {text!r} must look like 90s, 10m or 8h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``key=value`` strategy options; values are read as JSON when they parse, else text."""
+    out_: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"strategy option {item!r} must look like key=value")
+        try:
+            out_[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out_[key.replace("-", "_")] = value
+    return out_
+
+
+@app.command()
+@user_errors
+def search(
+    supernet: Annotated[str, typer.Option(help="Supernet or benchmark space, e.g. nb201.")],
+    hw: Annotated[str, typer.Option(help="Target hardware, e.g. gpu, raspi4, nb201:pixel3.")],
+    strategy: Annotated[
+        str | None, typer.Option(help="Search strategy (default: the task's own).")
+    ] = None,
+    objectives: Annotated[
+        str, typer.Option(help="Comma-separated metrics; name:min|max overrides direction.")
+    ] = "top1,latency_ms",
+    constraint: Annotated[
+        list[str] | None, typer.Option(help="e.g. 'latency_ms<=20'; repeatable.")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Data set, e.g. cifar10, cifar100.")] = None,
+    budget: Annotated[int, typer.Option(help="Evaluations, across all runs and workers.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    storage: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default sqlite:///nas.db) or :memory:.")
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option(help="Study name (default <supernet>-<hw>-<objectives>).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes on one study.")] = 1,
+    timeout: Annotated[str | None, typer.Option(help="Stop after 90s, 10m, 8h, ...")] = None,
+    max_failures: Annotated[int, typer.Option(help="Stop after this many failed trials.")] = 10,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default ./nas-out/<study>/).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size of latency.")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Strategy option key=value; repeatable.")
+    ] = None,
+    pick: Annotated[
+        str | None, typer.Option(help="Pick one front member under a constraint.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Search a space for the best accuracy / latency trade-offs.
+
+    Example: nas search --supernet nb201 --hw raspi4 --budget 100 --constraint 'latency_ms<=20'
+    """
+    from nas.cli.search_cmd import run_search_command
+    from nas.search.study import SearchConfig
+
+    config = SearchConfig(
+        supernet=supernet,
+        hw=hw,
+        strategy=strategy,
+        objectives=tuple(s.strip() for s in objectives.split(",") if s.strip()),
+        constraints=tuple(constraint or ()),
+        data=data,
+        budget=budget,
+        seed=seed,
+        storage=storage,
+        study=study,
+        workers=workers,
+        timeout=parse_duration(timeout),
+        max_failures=max_failures,
+        out=str(out_dir) if out_dir else None,
+        batch_size=batch_size,
+        strategy_options=parse_options(option or []),
+    )
+    code = run_search_command(config, pick=pick, as_json=as_json)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("strategies")
+@user_errors
+def strategies() -> None:
+    """List the search strategies.
+
+    Example: nas strategies
+    """
+    from nas.search.strategies import STRATEGIES
+
+    for name in STRATEGIES.names():
+        doc = (STRATEGIES.get(name).__doc__ or "").strip().splitlines()
+        out.print(f"{name:<10} {doc[0] if doc else ''}", markup=False, highlight=False)
+
+
+@app.command("supernets")
+@user_errors
+def supernets() -> None:
+    """List the supernets and benchmark spaces.
+
+    Example: nas supernets
+    """
+    from nas.supernets import SUPERNETS
+
+    for name in SUPERNETS.names():
+        doc = (SUPERNETS.get(name).__doc__ or "").strip().splitlines()
+        out.print(f"{name:<12} {doc[0] if doc else ''}", markup=False, highlight=False)
+
+
+StorageOpt = Annotated[
+    str | None, typer.Option(help="SQLAlchemy URL of the study database (default sqlite:///nas.db).")
+]
+
+
+@study_app.command("list")
+@user_errors
+def study_list(
+    storage: StorageOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List the studies in a storage.
+
+    Example: nas study list --storage sqlite:///nas.db
+    """
+    from nas.cli.study_cmd import list_studies
+
+    list_studies(storage, as_json)
+
+
+@study_app.command("show")
+@user_errors
+def study_show(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show a study: configuration, provenance, counts and its Pareto set.
+
+    Example: nas study show nb201-raspi4-top1,latency_ms
+    """
+    from nas.cli.study_cmd import show_study
+
+    show_study(name, storage, as_json)
+
+
+@study_app.command("export")
+@user_errors
+def study_export(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder to write into.")] = None,
+) -> None:
+    """Write all trials and the Pareto set as CSV and JSON.
+
+    Example: nas study export nb201-raspi4-top1,latency_ms --out results/
+    """
+    from nas.cli.study_cmd import export_study
+
+    export_study(name, storage, out_dir)
+
+
+@study_app.command("delete")
+@user_errors
+def study_delete(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete a study and all its trials.
+
+    Example: nas study delete old-study --yes
+    """
+    from nas.cli.study_cmd import delete_study
+
+    delete_study(name, storage, yes)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    setup_logging()
+    app()
+
+
+__all__ = ["ProgressReporter", "app", "main", "trials_table"]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

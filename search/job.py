@@ -1,0 +1,259 @@
+"""A search job: configuration → task, strategy and study → run (one or many workers) → export.
+
+This is what ``nas search`` calls; it is also the library entry point::
+
+    from nas.search import SearchConfig, run_search
+    result = run_search(SearchConfig(supernet="nb201", hw="raspi4", budget=50))
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from nas.search.errors import UserError
+from nas.search.export import write_exports
+from nas.search.objectives import Constraint, Objective, parse_constraint, parse_objectives
+from nas.search.runner import BudgetGuard, StopControl, TaskObjective, optimize
+from nas.search.strategies import Strategy, create_strategy
+from nas.search.study import (
+    MEMORY,
+    SearchConfig,
+    evaluated,
+    make_storage,
+    open_study,
+    provenance,
+)
+from nas.search.task import Task
+
+log = logging.getLogger("nas")
+
+#: called with (evaluated, budget, study) after each trial (one worker) or each poll (many)
+ProgressFn = Callable[[int, int, optuna.Study], None]
+
+
+@dataclass
+class SearchResult:
+    """What a finished (or stopped) run leaves: the study and why it ended."""
+
+    study: optuna.Study
+    config: SearchConfig
+    objectives: tuple[Objective, ...]
+    sources: dict[str, str]
+    evaluated: int
+    reason: str | None
+    files: dict[str, Path]
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        """True when the study has used its whole budget."""
+        return self.evaluated >= self.config.budget
+
+
+@dataclass
+class Prepared:
+    """A configuration resolved into the objects a run needs."""
+
+    config: SearchConfig
+    task: Task
+    objectives: tuple[Objective, ...]
+    constraints: tuple[Constraint, ...]
+
+
+def prepare(config: SearchConfig) -> Prepared:
+    """Validate ``config`` and build its task; resolves the default strategy.
+
+    Raises:
+        UserError: unknown supernet, strategy, metric or hardware; bad numbers.
+    """
+    from nas.supernets import create_supernet
+
+    _check_numbers(config)
+    try:
+        objectives = parse_objectives(list(config.objectives))
+        constraints = tuple(parse_constraint(c) for c in config.constraints)
+        task = create_supernet(
+            config.supernet, hw=config.hw, data=config.data, batch_size=config.batch_size
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    available = dict(task.sources())
+    for metric in [o.metric for o in objectives] + [c.metric for c in constraints]:
+        if metric not in available:
+            raise UserError(
+                f"{config.supernet} does not measure {metric!r}; it measures: "
+                + ", ".join(available)
+            )
+    strategy = config.strategy or str(getattr(task, "default_strategy", "tpe"))
+    config = replace(config, strategy=strategy)
+    make_strategy(Prepared(config, task, objectives, constraints), 0)  # validate options now
+    return Prepared(config, task, objectives, constraints)
+
+
+def _check_numbers(config: SearchConfig) -> None:
+    if config.budget < 1:
+        raise UserError("--budget must be at least 1")
+    if config.workers < 1:
+        raise UserError("--workers must be at least 1")
+    if config.max_failures < 1:
+        raise UserError("--max-failures must be at least 1")
+    if config.timeout is not None and config.timeout <= 0:
+        raise UserError("--timeout must be positive (e.g. 90s, 10m, 8h)")
+    if config.workers > 1 and config.storage == MEMORY:
+        raise UserError("--workers > 1 needs a shared storage, not :memory:")
+
+
+def make_strategy(p: Prepared, worker: int) -> Strategy:
+    """The configured strategy; worker k > 0 gets its own seed so workers do not collide."""
+    seed = p.config.seed if worker == 0 else p.config.seed + 7919 * worker
+    try:
+        return create_strategy(
+            str(p.config.strategy),
+            p.task.space(),
+            p.objectives,
+            seed=seed,
+            constrained=bool(p.constraints),
+            **dict(p.config.strategy_options),
+        )
+    except (ValueError, TypeError) as e:
+        raise UserError(f"strategy {p.config.strategy!r}: {e}") from None
+
+
+def run_search(
+    config: SearchConfig,
+    *,
+    progress: ProgressFn | None = None,
+    handle_signals: bool = True,
+    export: bool = True,
+) -> SearchResult:
+    """Run (or resume) the search ``config`` describes, up to its budget.
+
+    Args:
+        progress: called as trials finish, for a progress bar or log lines.
+        handle_signals: install the two-stage SIGINT/SIGTERM handler (main thread only).
+        export: write the CSV/JSON exports into ``config.out_dir`` at the end.
+    """
+    start = time.monotonic()
+    p = prepare(config)
+    storage = make_storage(p.config.storage_url, heartbeat=p.config.heartbeat)
+    prov = provenance(p.config, p.task.describe(), dict(p.task.sources()))
+    study = open_study(p.config, storage, [o.direction for o in p.objectives], prov)
+    reason: str | None = None
+    if evaluated(study) < p.config.budget:
+        if p.config.workers == 1:
+            reason = _run_here(p, study, progress, handle_signals)
+        else:
+            reason = _run_workers(p, study, progress)
+    files = write_exports(study, p.objectives, p.config.out_dir) if export else {}
+    return SearchResult(
+        study=study,
+        config=p.config,
+        objectives=p.objectives,
+        sources=dict(p.task.sources()),
+        evaluated=evaluated(study),
+        reason=reason,
+        files=files,
+        seconds=time.monotonic() - start,
+    )
+
+
+def _run_here(
+    p: Prepared, study: optuna.Study, progress: ProgressFn | None, handle_signals: bool
+) -> str | None:
+    study.sampler = make_strategy(p, 0)
+    stop = StopControl(budget=p.config.budget, max_failures=p.config.max_failures)
+    objective = TaskObjective(p.task, p.objectives, p.constraints, BudgetGuard(p.config.budget))
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = []
+    if progress is not None:
+        callbacks.append(lambda s, t: progress(evaluated(s), p.config.budget, s))
+    if handle_signals:
+        stop.install()
+    try:
+        optimize(study, objective, stop, timeout=p.config.timeout, callbacks=callbacks)
+    finally:
+        if handle_signals:
+            stop.uninstall()
+    if stop.failures >= p.config.max_failures and objective.last_error:
+        return f"{stop.reason}; last error: {objective.last_error}"
+    return stop.reason
+
+
+# -- several local worker processes -----------------------------------------------------------
+def _worker_main(config_json: dict[str, Any], worker: int, deadline: float | None) -> None:
+    """Entry point of a worker process: join the study and run until the budget is met."""
+    os.setpgrp()  # the parent forwards signals; a terminal Ctrl-C reaches the parent only
+    config = SearchConfig.from_json(config_json)
+    p = prepare(replace(config, workers=1))
+    storage = make_storage(p.config.storage_url, heartbeat=p.config.heartbeat)
+    study = optuna.load_study(study_name=p.config.study_name, storage=storage)
+    study.sampler = make_strategy(p, worker)
+    stop = StopControl(budget=p.config.budget, max_failures=p.config.max_failures)
+    objective = TaskObjective(p.task, p.objectives, p.constraints, BudgetGuard(p.config.budget))
+    stop.install()
+    timeout = None if deadline is None else max(deadline - time.time(), 0.001)
+    optimize(study, objective, stop, timeout=timeout)
+    if stop.reason and stop.failures >= p.config.max_failures:
+        log.error("worker %d: %s; last error: %s", worker, stop.reason, objective.last_error)
+        raise SystemExit(3)
+
+
+def _run_workers(p: Prepared, study: optuna.Study, progress: ProgressFn | None) -> str | None:
+    ctx = mp.get_context("spawn")
+    deadline = None if p.config.timeout is None else time.time() + p.config.timeout
+    procs = [
+        ctx.Process(target=_worker_main, args=(p.config.to_json(), k, deadline), daemon=False)
+        for k in range(p.config.workers)
+    ]
+    for proc in procs:
+        proc.start()
+    signals = {"n": 0}
+
+    def forward(signum: int, frame: Any) -> None:
+        signals["n"] += 1
+        sig = signal.SIGTERM if signals["n"] == 1 else signal.SIGINT
+        for proc in procs:
+            if proc.pid and proc.is_alive():
+                os.kill(proc.pid, sig)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _watch(procs, study, p.config.budget, progress)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    codes = [proc.exitcode for proc in procs]
+    if signals["n"]:
+        return "stopped by signal after finishing the trials in flight"
+    if any(c not in (0, None) for c in codes):
+        return f"{sum(c != 0 for c in codes)} of {len(codes)} workers failed (exit codes {codes})"
+    if deadline is not None and time.time() >= deadline and evaluated(study) < p.config.budget:
+        return f"timeout of {p.config.timeout:g} s reached"
+    return None
+
+
+def _watch(
+    procs: Sequence[Any], study: optuna.Study, budget: int, progress: ProgressFn | None
+) -> None:
+    last = -1
+    while any(proc.is_alive() for proc in procs):
+        time.sleep(0.5)
+        if progress is not None:
+            n = evaluated(study)
+            if n != last:
+                progress(n, budget, study)
+                last = n
+    for proc in procs:
+        proc.join()
+    if progress is not None:
+        progress(evaluated(study), budget, study)

@@ -1,0 +1,67 @@
+"""The plugin interface: a task turns a candidate into measurements.
+
+The core never builds a network itself. A task (sub-network extraction from a supernet, a
+table-backed benchmark space, a compression method) owns its space and evaluates candidates.
+Strategies never import tasks, and tasks never import strategies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from nas.search.registry import Registry
+from nas.search.space import Measurement, Params, Space
+
+#: where a metric came from; printed and stored with every result
+SOURCES = ("measured", "predicted", "proxy", "table", "roofline", "macs")
+
+
+class Rejected(Exception):  # noqa: N818  (it is a verdict, not a crash)
+    """Raised by :meth:`Task.evaluate` for a candidate the plugin refuses.
+
+    The trial is evaluated and counts against the budget (PRUNED, ``nas:rejected``); it is never
+    retried.
+    """
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What the runner needs from a plugin."""
+
+    name: str
+
+    def space(self) -> Space:
+        """The search space; the same object on every call."""
+        ...
+
+    def evaluate(self, params: Params) -> Measurement:
+        """Measure one candidate: every metric it can produce (names from METRICS)."""
+        ...
+
+    def sources(self) -> Mapping[str, str]:
+        """The source (one of :data:`SOURCES`) of each metric :meth:`evaluate` returns."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description of the task's configuration, stored with the study."""
+        ...
+
+
+TaskFactory = Callable[..., Task]
+TASKS: Registry[TaskFactory] = Registry("task")
+
+
+def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
+    """Decorator: register a task factory (a class or function returning a :class:`Task`)."""
+    return TASKS.register(name)
+
+
+def create_task(name: str, **options: Any) -> Task:
+    """Build the task registered as ``name``."""
+    return TASKS.get(name)(**options)
+
+
+def list_tasks() -> list[str]:
+    """Names of every registered task."""
+    return TASKS.names()
