@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -177,7 +176,8 @@ def supernets() -> None:
 
 
 StorageOpt = Annotated[
-    str | None, typer.Option(help="SQLAlchemy URL of the study database (default sqlite:///nas.db).")
+    str | None,
+    typer.Option(help="SQLAlchemy URL of the study database (default sqlite:///nas.db)."),
 ]
 
 
@@ -253,4 +253,4 @@ def main() -> None:
 __all__ = ["ProgressReporter", "app", "main", "trials_table"]
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

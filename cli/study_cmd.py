@@ -25,7 +25,7 @@ from nas.search.study import (
 def _storage(url: str | None) -> optuna.storages.BaseStorage:
     url = url or DEFAULT_STORAGE
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
-        raise UserError(f"no study database at {url[len('sqlite:///'):]}; pass --storage")
+        raise UserError(f"no study database at {url[len('sqlite:///') :]}; pass --storage")
     return make_storage(url)
 
 
@@ -70,7 +70,9 @@ def show_study(name: str, storage: str | None, as_json: bool) -> None:
         highlight=False,
     )
     front = pareto_trials(study, objectives)
-    out.print(trials_table(f"Pareto set ({len(front)})", front, objectives, prov.get("sources", {})))
+    out.print(
+        trials_table(f"Pareto set ({len(front)})", front, objectives, prov.get("sources", {}))
+    )
 
 
 def export_study(name: str, storage: str | None, out_dir: Path | None) -> None:

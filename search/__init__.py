@@ -14,9 +14,9 @@ from nas.search.objectives import (
     Constraint,
     Objective,
     hypervolume,
+    pareto_mask,
     parse_constraint,
     parse_objectives,
-    pareto_mask,
 )
 from nas.search.space import Measurement, Params, Space
 from nas.search.strategies import Strategy, create_strategy, list_strategies, register_strategy
@@ -43,9 +43,9 @@ __all__ = [
     "list_strategies",
     "list_tasks",
     "make_storage",
+    "pareto_mask",
     "parse_constraint",
     "parse_objectives",
-    "pareto_mask",
     "register_strategy",
     "register_task",
     "run_search",

@@ -24,8 +24,8 @@ from optuna.trial import FrozenTrial
 from nas.search.errors import UserError
 from nas.search.export import write_exports
 from nas.search.objectives import Constraint, Objective, parse_constraint, parse_objectives
-from nas.search.runner import BudgetGuard, StopControl, TaskObjective, optimize
-from nas.search.strategies import Strategy, create_strategy
+from nas.search.runner import BudgetGuard, StopControl, TaskObjective, optimize, reap_dead
+from nas.search.strategies import STRATEGIES, Strategy, create_strategy
 from nas.search.study import (
     MEMORY,
     SearchConfig,
@@ -118,6 +118,10 @@ def make_strategy(p: Prepared, worker: int) -> Strategy:
     """The configured strategy; worker k > 0 gets its own seed so workers do not collide."""
     seed = p.config.seed if worker == 0 else p.config.seed + 7919 * worker
     try:
+        STRATEGIES.get(str(p.config.strategy))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
         return create_strategy(
             str(p.config.strategy),
             p.task.space(),
@@ -150,6 +154,7 @@ def run_search(
     prov = provenance(p.config, p.task.describe(), dict(p.task.sources()))
     study = open_study(p.config, storage, [o.direction for o in p.objectives], prov)
     reason: str | None = None
+    reap_dead(study)
     if evaluated(study) < p.config.budget:
         if p.config.workers == 1:
             reason = _run_here(p, study, progress, handle_signals)

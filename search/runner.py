@@ -88,6 +88,14 @@ def _heartbeat_on(study: optuna.Study) -> bool:
     return bool(is_heartbeat_enabled(study._storage))
 
 
+def reap_dead(study: optuna.Study) -> None:
+    """Fail (and re-enqueue) the running trials of dead processes on this host, at once.
+
+    Trials of other hosts are left to the heartbeat, which fails them once stale.
+    """
+    _fail_dead_local(study, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
 def _fail_dead_local(study: optuna.Study, running: Sequence[FrozenTrial]) -> None:
     """Mark FAIL the running trials of processes on this host that no longer exist."""
     host = socket.gethostname()
@@ -98,7 +106,9 @@ def _fail_dead_local(study: optuna.Study, running: Sequence[FrozenTrial]) -> Non
         if h != host or not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
             continue
         if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-            log.warning("trial %d of dead worker %s marked FAIL; it will be retried", t.number, owner)
+            log.warning(
+                "trial %d of dead worker %s marked FAIL; it will be retried", t.number, owner
+            )
             retry_trial(study, storage.get_trial(t._trial_id))
 
 
@@ -172,7 +182,9 @@ class StopControl:
             study.stop()
 
     def _budget_met(self, study: optuna.Study) -> bool:
-        return sum(counts_against_budget(t) for t in study.get_trials(deepcopy=False)) >= self.budget
+        return (
+            sum(counts_against_budget(t) for t in study.get_trials(deepcopy=False)) >= self.budget
+        )
 
     def install(self) -> None:
         """First SIGINT/SIGTERM: finish trials in flight, then stop. Second: stop now."""

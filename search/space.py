@@ -36,8 +36,8 @@ __all__ = [
     "decode_ordinal",
     "enumerate_space",
     "onehot",
-    "pymoo_vars",
     "ordinal",
+    "pymoo_vars",
     "sample",
     "space_size",
     "suggest",
@@ -61,7 +61,7 @@ def _choices_or_grid(dist: BaseDistribution) -> Sequence[Any] | None:
     if isinstance(dist, IntDistribution) and not dist.log:
         return list(range(dist.low, dist.high + 1, dist.step))
     if isinstance(dist, FloatDistribution) and dist.step is not None:
-        n = int(round((dist.high - dist.low) / dist.step))
+        n = round((dist.high - dist.low) / dist.step)
         return [dist.low + i * dist.step for i in range(n + 1)]
     return None
 
@@ -91,7 +91,13 @@ def contains(space: Space, params: Mapping[str, Any]) -> bool:
     """True if ``params`` names exactly the dimensions of ``space`` with values inside them."""
     if set(params) != set(space):
         return False
-    return all(space[n]._contains(space[n].to_internal_repr(v)) for n, v in params.items())
+    for name, value in params.items():
+        try:
+            if not space[name]._contains(space[name].to_internal_repr(value)):
+                return False
+        except (ValueError, TypeError):
+            return False
+    return True
 
 
 def sample(space: Space, rng: np.random.Generator) -> Params:
@@ -117,7 +123,7 @@ def _sample_float(dist: FloatDistribution, rng: np.random.Generator) -> float:
     if dist.log:
         return float(math.exp(rng.uniform(math.log(dist.low), math.log(dist.high))))
     if dist.step is not None:
-        n = int(round((dist.high - dist.low) / dist.step))
+        n = round((dist.high - dist.low) / dist.step)
         return float(dist.low + dist.step * int(rng.integers(n + 1)))
     return float(rng.uniform(dist.low, dist.high))
 
@@ -136,9 +142,7 @@ def suggest(trial: Any, space: Space) -> Params:
             out[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
         else:
             assert isinstance(dist, FloatDistribution)
-            out[name] = trial.suggest_float(
-                name, dist.low, dist.high, step=dist.step, log=dist.log
-            )
+            out[name] = trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
     return out
 
 

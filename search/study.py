@@ -8,6 +8,7 @@ worker's trial becomes FAIL and its candidate is retried.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -30,6 +31,7 @@ from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.search.errors import ConfigMismatch, UserError
+from nas.search.objectives import Direction
 from nas.search.strategies._base import SURPLUS_ATTR
 
 #: version of the configuration schema stored with every study
@@ -109,7 +111,9 @@ class SearchConfig:
         d = dict(d)
         schema = d.pop("schema", None)
         if schema != SCHEMA_VERSION:
-            raise UserError(f"study configuration has schema {schema}; this nas reads {SCHEMA_VERSION}")
+            raise UserError(
+                f"study configuration has schema {schema}; this nas reads {SCHEMA_VERSION}"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -127,10 +131,8 @@ class SearchConfig:
 
         j = self.to_json()
         ident = {k: j[k] for k in IDENTITY_FIELDS}
-        try:
+        with contextlib.suppress(ValueError):
             ident["objectives"] = [str(o) for o in parse_objectives(list(self.objectives))]
-        except ValueError:
-            pass
         return ident
 
 
@@ -304,7 +306,10 @@ def provenance(
 
 # -- opening and resuming ---------------------------------------------------------------------
 def open_study(
-    config: SearchConfig, storage: BaseStorage, directions: Sequence[str], prov: Mapping[str, Any]
+    config: SearchConfig,
+    storage: BaseStorage,
+    directions: Sequence[Direction],
+    prov: Mapping[str, Any],
 ) -> optuna.Study:
     """Create the study or load it; a rerun with another configuration is an error.
 

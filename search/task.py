@@ -17,7 +17,7 @@ from nas.search.space import Measurement, Params, Space
 SOURCES = ("measured", "predicted", "proxy", "table", "roofline", "macs")
 
 
-class Rejected(Exception):  # noqa: N818  (it is a verdict, not a crash)
+class Rejected(Exception):
     """Raised by :meth:`Task.evaluate` for a candidate the plugin refuses.
 
     The trial is evaluated and counts against the budget (PRUNED, ``nas:rejected``); it is never

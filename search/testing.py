@@ -218,11 +218,14 @@ def check_multi_objective(make: StrategyFactory, n_trials: int = 14) -> None:
     assert all(contains(cat_space(), p) for p in proposals(study))
 
 
-def check_beats_random(make: StrategyFactory, seeds: Sequence[int] = (0, 1, 2), n: int = 30) -> None:
+def check_beats_random(
+    make: StrategyFactory, seeds: Sequence[int] = (0, 1, 2), n: int = 30
+) -> None:
     """On the fixed problem the mean best is at least two standard errors above random's."""
     objs = parse_objectives("reward")
-    ours, rand, se = compare_to_random(lambda s: make(cat_space(), objs, seed=s), seeds=seeds,
-                                       n_trials=n)
+    ours, rand, se = compare_to_random(
+        lambda s: make(cat_space(), objs, seed=s), seeds=seeds, n_trials=n
+    )
     assert ours >= rand + 2.0 * se and ours > rand, (
         f"mean best {ours:.3f} is not two standard errors ({se:.3f}) above random's {rand:.3f}"
     )

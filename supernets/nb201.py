@@ -101,6 +101,8 @@ class NB201Task:
     """The NAS-Bench-201 search task: six categorical edges, table lookups."""
 
     name = "nb201"
+    #: the strategy used when --strategy is not given
+    default_strategy = "tpe"
 
     def __init__(self, hw: str = "gpu", data: str | None = None, batch_size: int | None = None):
         dataset = data or "cifar10"

@@ -111,7 +111,8 @@ class Strategy(BaseSampler):
             raise ValueError(f"strategy {self.name!r} optimises one objective only")
         self.space: Space = dict(space)
         self.objectives = tuple(objectives)
-        self.seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else int(seed)
+        entropy = int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
+        self.seed = entropy % 2**31 if seed is None else int(seed)
         self.constrained = constrained
         self._fallback = RandomSampler(seed=self.seed)
 
@@ -161,9 +162,7 @@ class Strategy(BaseSampler):
         """
         trials = [t for t in completed(study) if set(t.params) >= set(self.space)]
         params = [{k: t.params[k] for k in self.space} for t in trials]
-        values = np.array([t.values for t in trials], dtype=float).reshape(
-            -1, len(self.objectives)
-        )
+        values = np.array([t.values for t in trials], dtype=float).reshape(-1, len(self.objectives))
         feasible = np.array([is_feasible(t) for t in trials], dtype=bool)
         return params, values, feasible
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 #: augmented Chebyshev coefficient (ParEGO's rho)
 RHO = 0.05
-#: candidates drawn at once; the first one not measured yet is proposed
+#: most draws from the policy while they hit candidates already measured
 N_DRAWS = 16
 _SALT_INIT, _SALT_DRAW, _SALT_WEIGHT = 11, 12, 13
 
@@ -76,14 +76,20 @@ def _nearest(dist: Any, levels: list[Any], value: Any) -> int:
 class _Controller:
     """An LSTM cell with one output head and one input embedding per decision.
 
+    Works on one candidate at a time: tiny batch-1 products never start a BLAS thread pool,
+    which on a busy machine costs more than the arithmetic.
+
     Args:
         sizes: number of choices of each decision, in order.
         hidden: LSTM width (also the embedding width).
         lr: Adam learning rate.
+        bound: logits are squashed into ``[-bound, bound]`` (ENAS's tanh constant).
         seed: seed of the initial weights.
     """
 
-    def __init__(self, sizes: Sequence[int], hidden: int, lr: float, seed: int) -> None:
+    def __init__(
+        self, sizes: Sequence[int], hidden: int, lr: float, bound: float, seed: int
+    ) -> None:
         import torch
 
         g = torch.Generator().manual_seed(seed)
@@ -95,58 +101,74 @@ class _Controller:
         self.start, self.w_ih, self.w_hh, self.b = init(h), init(4 * h, h), init(4 * h, h), init(4 * h)
         self.emb, self.w_out, self.b_out = init(d, k, h), init(d, k, h), init(d, k)
         self.mask = torch.arange(k)[None, :] < torch.tensor(list(sizes))[:, None]
-        params = [self.start, self.w_ih, self.w_hh, self.b, self.emb, self.w_out, self.b_out]
-        self.opt = torch.optim.Adam(params, lr=lr)
+        self.params = [self.start, self.w_ih, self.w_hh, self.b, self.emb, self.w_out, self.b_out]
+        self.moments = [(np.zeros(p.shape, np.float32), np.zeros(p.shape, np.float32)) for p in self.params]
+        self.lr, self.bound, self.steps = lr, bound, 0
 
     def _walk(
-        self, batch: int, choose: Callable[[int, torch.Tensor], torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, choose: Callable[[int, torch.Tensor], int]
+    ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
         """Run the decisions in order; ``choose(i, log_probs)`` picks decision ``i``.
 
         Returns:
-            ``(picks, log_prob, entropy)`` of shapes ``(batch, d)``, ``(batch,)``, ``(batch,)``.
+            ``(picks, log_prob, entropy)``: the decisions and two scalar tensors.
         """
         import torch
 
-        hid = self.start.new_zeros(batch, self.start.numel())
-        cell, x = hid, self.start.expand(batch, -1)
-        log_prob, entropy, picks = hid.new_zeros(batch), hid.new_zeros(batch), []
+        hid = cell = self.start.new_zeros(self.start.shape)
+        x, log_prob, entropy, picks = self.start, hid.new_zeros(()), hid.new_zeros(()), []
         for i in range(len(self.mask)):
-            gates = x @ self.w_ih.T + hid @ self.w_hh.T + self.b
-            gi, gf, gg, go = gates.chunk(4, dim=1)
+            gi, gf, gg, go = (self.w_ih @ x + self.w_hh @ hid + self.b).chunk(4)
             cell = torch.sigmoid(gf) * cell + torch.sigmoid(gi) * torch.tanh(gg)
             hid = torch.sigmoid(go) * torch.tanh(cell)
-            logits = (hid @ self.w_out[i].T + self.b_out[i]).masked_fill(~self.mask[i], -1e4)
+            logits = self.bound * torch.tanh((self.w_out[i] @ hid + self.b_out[i]) / self.bound)
+            logits = logits.masked_fill(~self.mask[i], -1e4)
             logp = torch.log_softmax(logits, dim=-1)
             idx = choose(i, logp)
-            log_prob = log_prob + logp.gather(1, idx[:, None]).squeeze(1)
-            entropy = entropy - (logp.exp() * logp).sum(-1)
-            x = self.emb[i][idx]
+            log_prob = log_prob + logp[idx]
+            entropy = entropy - (logp.exp() * logp).sum()
+            x = self.emb[i, idx]
             picks.append(idx)
-        return torch.stack(picks, dim=1), log_prob, entropy
+        return picks, log_prob, entropy
 
-    def sample(self, n: int, gen: torch.Generator) -> list[tuple[int, ...]]:
-        """Draw ``n`` decision tuples from the policy."""
+    def sample(self, gen: torch.Generator) -> tuple[int, ...]:
+        """Draw one decision tuple from the policy."""
         import torch
 
         with torch.no_grad():
             picks, _, _ = self._walk(
-                n, lambda i, logp: torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
+                lambda i, logp: int(torch.multinomial(logp.exp(), 1, generator=gen))
             )
-        return [tuple(int(v) for v in row) for row in picks.tolist()]
+        return tuple(picks)
 
     def step(self, decisions: Sequence[tuple[int, ...]], adv: Sequence[float], ent: float) -> None:
         """One Adam step of REINFORCE: raise the log-probability of each tuple by its advantage."""
         import torch
 
-        idx = torch.tensor(list(decisions), dtype=torch.long)
         with torch.enable_grad():
-            _, log_prob, entropy = self._walk(len(idx), lambda i, logp: idx[:, i])
-            a = torch.tensor(list(adv), dtype=log_prob.dtype)
-            loss = -(a * log_prob).mean() - ent * entropy.mean()
-            self.opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            self.opt.step()
+            loss = self.start.new_zeros(())
+            for picks, a in zip(decisions, adv, strict=True):
+                _, log_prob, entropy = self._walk(lambda i, logp, p=picks: p[i])  # type: ignore[misc]
+                loss = loss - (a * log_prob + ent * entropy) / len(decisions)
+            grads = torch.autograd.grad(loss, self.params)
+        self._adam(grads)
+
+    def _adam(self, grads: Sequence[torch.Tensor], b1: float = 0.9, b2: float = 0.999) -> None:
+        """Adam (Kingma & Ba) in numpy on the weights' memory.
+
+        Not torch.optim: its first use imports torch._dynamo (seconds), and torch's threaded
+        ``sqrt`` stalls on a busy machine.
+        """
+        self.steps += 1
+        c1, c2 = 1 - b1**self.steps, 1 - b2**self.steps
+        for p, g, (m, v) in zip(self.params, grads, self.moments, strict=True):
+            gn = g.numpy()
+            m *= b1
+            m += (1 - b1) * gn
+            v *= b2
+            v += (1 - b2) * gn * gn
+            w = p.detach().numpy()
+            w -= self.lr * (m / c1) / (np.sqrt(v / c2) + 1e-8)
 
 
 @dataclass
@@ -180,6 +202,7 @@ class ReinforceStrategy(Strategy):
         bins: levels a non-categorical dimension is discretised into.
         update_every: trials per policy-gradient step (1: a step after every trial).
         n_startup_trials: uniformly random proposals before the controller is used.
+        tanh_constant: logits are squashed into ``[-c, c]`` so the policy never stops exploring.
     """
 
     def __init__(
@@ -196,6 +219,7 @@ class ReinforceStrategy(Strategy):
         bins: int = 8,
         update_every: int = 1,
         n_startup_trials: int = 0,
+        tanh_constant: float = 2.5,
     ) -> None:
         super().__init__(space, objectives, seed=seed, constrained=constrained)
         _check(0 < lr <= 1, f"lr={lr}: give a learning rate in (0, 1], e.g. 0.1")
@@ -208,9 +232,10 @@ class ReinforceStrategy(Strategy):
         _check(bins >= 2, f"bins={bins}: give at least 2 levels per numeric dimension, e.g. 8")
         _check(update_every >= 1, f"update_every={update_every}: give 1 or more trials per step")
         _check(n_startup_trials >= 0, f"n_startup_trials={n_startup_trials}: give 0 or more")
+        _check(tanh_constant > 0, f"tanh_constant={tanh_constant}: give a positive bound, e.g. 2.5")
         self.lr, self.hidden, self.entropy = float(lr), int(hidden), float(entropy)
         self.baseline_decay, self.update_every = float(baseline_decay), int(update_every)
-        self.n_startup_trials = int(n_startup_trials)
+        self.n_startup_trials, self.tanh_constant = int(n_startup_trials), float(tanh_constant)
         self._levels = [_levels(d, bins) for d in self.space.values()]
         self._replay: _Replay | None = None
 
@@ -218,18 +243,30 @@ class ReinforceStrategy(Strategy):
     def propose(self, study: Study, trial: FrozenTrial) -> Params:
         keys = self._keys(study)
         seen = self._seen(study, trial)
+        rng = self.rng(trial, _SALT_DRAW)
         if len(keys) < self.n_startup_trials:
-            rng = self.rng(trial, _SALT_DRAW)
             draws = [tuple(int(rng.integers(len(lv))) for lv in self._levels)]
         else:
             import torch
 
             replay = self._update(keys)
-            state = np.random.SeedSequence([self.seed, trial.number, _SALT_DRAW])
-            gen = torch.Generator().manual_seed(int(state.generate_state(1)[0]))
-            draws = replay.controller.sample(N_DRAWS, gen)
-        pick = next((d for d in draws if d not in seen), draws[0])
-        return self._decode(pick)
+            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            draws = [replay.controller.sample(gen)]
+            while draws[-1] in seen and len(draws) < N_DRAWS:
+                draws.append(replay.controller.sample(gen))
+        return self._decode(self._novel(draws[-1], seen, rng))
+
+    def _novel(
+        self, draw: tuple[int, ...], seen: set[tuple[int, ...]], rng: np.random.Generator
+    ) -> tuple[int, ...]:
+        """``draw``, or when it was measured already, a mutant of it that was not (if any)."""
+        out = list(draw)
+        for _ in range(4 * N_DRAWS):
+            if tuple(out) not in seen:
+                return tuple(out)
+            j = int(rng.integers(len(out)))
+            out[j] = int(rng.integers(len(self._levels[j])))
+        return draw
 
     def _decode(self, decisions: Sequence[int]) -> Params:
         names = list(self.space)
@@ -272,7 +309,7 @@ class ReinforceStrategy(Strategy):
     def _fresh(self) -> _Replay:
         seed = int(np.random.SeedSequence([self.seed, _SALT_INIT]).generate_state(1)[0])
         sizes = [len(lv) for lv in self._levels]
-        return _Replay(_Controller(sizes, self.hidden, self.lr, seed))
+        return _Replay(_Controller(sizes, self.hidden, self.lr, self.tanh_constant, seed))
 
     def _update(self, keys: list[Key]) -> _Replay:
         """The cached controller brought up to date with ``keys`` (rebuilt if they diverge)."""

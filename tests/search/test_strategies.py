@@ -54,5 +54,5 @@ def test_stuck_strategy_fails_the_quality_check() -> None:
 
 
 def test_unknown_strategy_lists_known() -> None:
-    with pytest.raises(ValueError, match="unknown strategy 'nope'; known: .*random"):
+    with pytest.raises(ValueError, match=r"unknown strategy 'nope'; known: .*random"):
         create_strategy("nope", conformance.cat_space(), parse_objectives("reward"))

@@ -1,0 +1,42 @@
+# `make search` and `make test` set everything up on a fresh machine (Python >= 3.11).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TYPECHECK := build/typecheck
+
+.PHONY: all search test lint typecheck pytest bench clean
+
+all: test
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+search: $(STAMP)
+	$(BIN)/nas search --supernet nb201 --hw raspi4
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy cannot follow an editable install's import hook: check a non-editable copy
+typecheck: $(STAMP)
+	rm -rf $(TYPECHECK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -t $(TYPECHECK) .
+	cd $(TYPECHECK) && ../../$(BIN)/mypy -p nas --config-file ../../pyproject.toml --cache-dir ../../.mypy_cache
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=15
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/search_nb201.py
+
+clean:
+	rm -rf build $(VENV) nas-out nas.db nas.db-wal nas.db-shm
