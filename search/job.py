@@ -177,8 +177,9 @@ def _run_here(
     p: Prepared, study: optuna.Study, progress: ProgressFn | None, handle_signals: bool
 ) -> str | None:
     study.sampler = make_strategy(p, 0)
-    stop = StopControl(budget=p.config.budget, max_failures=p.config.max_failures)
-    objective = TaskObjective(p.task, p.objectives, p.constraints, BudgetGuard(p.config.budget))
+    guard = BudgetGuard(p.config.budget)
+    stop = StopControl(budget=p.config.budget, max_failures=p.config.max_failures, guard=guard)
+    objective = TaskObjective(p.task, p.objectives, p.constraints, guard)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = []
     if progress is not None:
         callbacks.append(lambda s, t: progress(evaluated(s), p.config.budget, s))
@@ -203,8 +204,9 @@ def _worker_main(config_json: dict[str, Any], worker: int, deadline: float | Non
     storage = make_storage(p.config.storage_url, heartbeat=p.config.heartbeat)
     study = optuna.load_study(study_name=p.config.study_name, storage=storage)
     study.sampler = make_strategy(p, worker)
-    stop = StopControl(budget=p.config.budget, max_failures=p.config.max_failures)
-    objective = TaskObjective(p.task, p.objectives, p.constraints, BudgetGuard(p.config.budget))
+    guard = BudgetGuard(p.config.budget)
+    stop = StopControl(budget=p.config.budget, max_failures=p.config.max_failures, guard=guard)
+    objective = TaskObjective(p.task, p.objectives, p.constraints, guard)
     stop.install()
     timeout = None if deadline is None else max(deadline - time.time(), 0.001)
     optimize(study, objective, stop, timeout=timeout)

@@ -57,16 +57,27 @@ def _pid_alive(pid: int) -> bool:
 
 @dataclass
 class BudgetGuard:
-    """Admits a trial only while the budget has room for it (see module docstring)."""
+    """Admits a trial only while the budget has room for it (see module docstring).
+
+    Every trial that counts or runs before trial ``n`` has a number below ``n``, so a trial
+    numbered below the budget is admitted without reading the study; only near the end (or
+    after failures) does the guard count.
+    """
 
     budget: int
     poll: float = 0.25
+    #: slots used when this process last counted (``None`` before the first count)
+    last_used: int | None = None
 
     def admit(self, study: optuna.Study, trial: optuna.Trial) -> None:
         """Return when ``trial`` may be evaluated; raise ``TrialPruned`` when it is surplus."""
+        if trial.number < self.budget:
+            self.last_used = None
+            return
         while True:
             trials = study.get_trials(deepcopy=False)
             used = sum(counts_against_budget(t) for t in trials)
+            self.last_used = used
             if used >= self.budget:
                 trial.set_user_attr(SURPLUS_ATTR, True)
                 study.stop()
@@ -80,6 +91,18 @@ class BudgetGuard:
             if _heartbeat_on(study):
                 fail_stale_trials(study)
             time.sleep(self.poll)
+
+    def met_after(self, trial: FrozenTrial) -> bool:
+        """Whether finishing ``trial`` certainly used the last slot, without a storage read.
+
+        Known only when the guard counted at its admission (``last_used``); otherwise the
+        caller counts.
+        """
+        if not counts_against_budget(trial):
+            return False
+        if self.last_used is not None:
+            return self.last_used + 1 >= self.budget
+        return False
 
 
 def _heartbeat_on(study: optuna.Study) -> bool:
@@ -164,6 +187,7 @@ class StopControl:
 
     budget: int
     max_failures: int
+    guard: BudgetGuard | None = None
     failures: int = 0
     reason: str | None = None
     signals: int = 0
@@ -178,8 +202,15 @@ class StopControl:
         if self.signals:
             self.reason = self.reason or "stopped by signal after finishing the trials in flight"
             study.stop()
-        elif trial.user_attrs.get(SURPLUS_ATTR) or self._budget_met(study):
+        elif trial.user_attrs.get(SURPLUS_ATTR) or self._met(study, trial):
             study.stop()
+
+    def _met(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if trial.number + 1 < self.budget:  # fewer trials than the budget exist before it
+            return False
+        if self.guard is not None and self.guard.met_after(trial):
+            return True
+        return self._budget_met(study)
 
     def _budget_met(self, study: optuna.Study) -> bool:
         return (
