@@ -237,6 +237,7 @@ def _version(pkg: str) -> str | None:
 def git_commit() -> str | None:
     """The commit of the nas source tree, when it is a git checkout."""
     here = Path(__file__).resolve().parent
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # never take index.lock
     try:
         out = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "HEAD"],
@@ -244,6 +245,7 @@ def git_commit() -> str | None:
             text=True,
             timeout=5,
             check=False,
+            env=env,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -255,6 +257,7 @@ def git_commit() -> str | None:
         text=True,
         timeout=5,
         check=False,
+        env=env,
     ).stdout.strip()
     return out.stdout.strip() + ("-dirty" if dirty else "")
 

@@ -28,9 +28,9 @@ class TPEStrategy(OptunaStrategy):
 
     Args:
         n_startup_trials: random trials before the model is used (optuna's default, 10).
-        multivariate: model the dimensions jointly. Our default is True (optuna's is False):
-            on the conformance problem and NAS-Bench-201 the joint model finds better
-            candidates sooner.
+        multivariate: model the dimensions jointly. Our default is True for any number of
+            objectives (optuna 5 defaults to True for one objective, False for several): on
+            the conformance problem the joint model finds better candidates sooner.
         **kwargs: passed to :class:`optuna.samplers.TPESampler` unchanged.
     """
 
