@@ -7,9 +7,13 @@ imported inside the strategies that use them, so importing this package stays fa
 
 from __future__ import annotations
 
-from nas.search.strategies import simple  # noqa: F401  (registers random, tpe, gp)
-from nas.search.strategies import reinforce  # noqa: F401
-from nas.search.strategies import botorch  # noqa: F401
+from nas.search.strategies import (  # noqa: F401
+    botorch,
+    linas,
+    nsga2,
+    reinforce,
+    simple,
+)
 from nas.search.strategies._base import (
     CONSTRAINT_PREFIX,
     STRATEGIES,

