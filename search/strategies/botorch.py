@@ -223,7 +223,7 @@ class BoTorchStrategy(Strategy):
         mutants when there are more (or the space has numeric dimensions)."""
         dims = list(self.space.values())
         if all(isinstance(d, CategoricalDistribution) for d in dims):
-            sizes = [len(d.choices) - 1 for d in dims]
+            sizes = [len(d.choices) - 1 for d in dims if isinstance(d, CategoricalDistribution)]
             combos = list(itertools.combinations(range(len(dims)), n_dims))
             if sum(math.prod(sizes[j] for j in c) for c in combos) <= self.n_mutations:
                 return [m for c in combos for m in self._changes(params, c)]
@@ -232,9 +232,14 @@ class BoTorchStrategy(Strategy):
     def _changes(self, params: Params, dims: tuple[int, ...]) -> list[Params]:
         """Every candidate that differs from ``params`` in exactly the categorical ``dims``."""
         names = [list(self.space)[j] for j in dims]
-        others = [[c for c in self.space[n].choices if c != params[n]] for n in names]
+        dists = [self.space[n] for n in names]
+        others = [
+            [c for c in d.choices if c != params[n]]
+            for n, d in zip(names, dists, strict=True)
+            if isinstance(d, CategoricalDistribution)
+        ]
         return [
-            {**params, **dict(zip(names, values, strict=True))}
+            {**params, **dict(zip(names, values, strict=True))}  # type: ignore[arg-type]
             for values in itertools.product(*others)
         ]
 
@@ -247,7 +252,7 @@ class BoTorchStrategy(Strategy):
             dist = self.space[name]
             if isinstance(dist, CategoricalDistribution) and len(dist.choices) > 1:
                 others = [c for c in dist.choices if c != params[name]]
-                out[name] = others[int(rng.integers(len(others)))]
+                out[name] = others[int(rng.integers(len(others)))]  # type: ignore[assignment]
             else:
                 out[name] = sample({name: dist}, rng)[name]
         return out
