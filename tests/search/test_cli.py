@@ -80,7 +80,7 @@ def test_search_json_then_study_commands(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["evaluated"] == 8 and doc["sources"] == {"top1": "table", "latency_ms": "table"}
-    assert doc["provenance"]["config"]["strategy"] == "tpe"
+    assert doc["provenance"]["config"]["strategy"] == "linas"
     assert doc["pareto"] and all(p["pareto"] for p in doc["pareto"])
     name = doc["study"]
     assert name == "nb201-pixel3-top1,latency_ms"
