@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TYPECHECK := build/typecheck
+OFA_VERSION := 0.1.0.post202307202001
 
 .PHONY: all search test lint typecheck pytest bench clean
 
@@ -15,6 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	# Once-for-All's code (no weights), for the checkpoint-compatibility tests; its own
+	# requirements would pull torchvision, so --no-deps (it needs only torch, numpy, pillow)
+	$(BIN)/python -m pip install -q --no-deps ofa==$(OFA_VERSION)
 	touch $(STAMP)
 
 search: $(STAMP)

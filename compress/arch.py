@@ -1,0 +1,279 @@
+"""Self-describing architectures: a JSON layer spec and the standalone network it builds.
+
+A sub-network extracted from a supernet, or a compressed model, is described by a small JSON
+tree of layers. :func:`build` turns the tree into a :class:`Network` (plain torch modules, no
+plugin code needed), so a model saved as safetensors + JSON is rebuilt by
+:func:`nas.compress.load_model` alone.
+
+Layer types (every key not marked optional is required)::
+
+    {"type": "conv", "in": C, "out": C', "kernel": k, "stride": s,
+     "groups": 1, "bias": false, "bn": true, "act": null, "padding": k // 2}   # optional keys
+    {"type": "linear", "in": C, "out": C', "bias": true}
+    {"type": "act", "fn": "relu" | "relu6" | "hswish" | "hsigmoid" | "sigmoid" | "prelu",
+     "channels": C}                                # channels only for prelu
+    {"type": "se", "channels": C, "mid": M}        # squeeze-excite: gap, 1x1 conv + relu,
+                                                   # 1x1 conv + hard sigmoid, scale
+    {"type": "maxpool" | "avgpool", "kernel": k, "stride": s, "padding": 0, "ceil_mode": false}
+    {"type": "gap"}                                # global average pool, keeps (N, C, 1, 1)
+    {"type": "flatten"}
+    {"type": "dropout", "p": 0.1}
+    {"type": "seq", "layers": [...]}
+    {"type": "residual", "body": [...], "shortcut": [...], "act": null}
+                                                   # act(body(x) + shortcut(x)); an empty
+                                                   # shortcut is the identity
+
+Module names follow the tree (``layers.3.body.0.conv.weight``), so a state_dict saved from a
+built network loads into the network rebuilt from the same spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+LayerSpec = dict[str, Any]
+
+#: activation name -> module factory (channels only matters for prelu)
+ACTIVATIONS: dict[str, Callable[[int], nn.Module]] = {
+    "relu": lambda c: nn.ReLU(inplace=False),
+    "relu6": lambda c: nn.ReLU6(inplace=False),
+    "hswish": lambda c: nn.Hardswish(),
+    "hsigmoid": lambda c: nn.Hardsigmoid(),
+    "sigmoid": lambda c: nn.Sigmoid(),
+    "prelu": lambda c: nn.PReLU(c),
+}
+
+
+class SpecError(ValueError):
+    """An architecture spec that cannot be built."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model expects as input: size, channels, normalisation and its classes."""
+
+    input_size: tuple[int, int] = (224, 224)
+    channels: int = 3
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    classes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Preprocessing:
+        try:
+            return cls(
+                input_size=(int(d["input_size"][0]), int(d["input_size"][1])),
+                channels=int(d["channels"]),
+                mean=tuple(float(x) for x in d["mean"]),
+                std=tuple(float(x) for x in d["std"]),
+                classes=tuple(str(c) for c in d.get("classes", ())),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise SpecError(f"bad preprocessing block: {e}") from None
+
+
+class ConvBNAct(nn.Module):
+    """Conv2d, optional BatchNorm2d, optional activation (names: conv, bn, act)."""
+
+    def __init__(self, s: LayerSpec):
+        super().__init__()
+        k = int(s["kernel"])
+        self.conv = nn.Conv2d(
+            int(s["in"]),
+            int(s["out"]),
+            k,
+            stride=int(s["stride"]),
+            padding=int(s.get("padding", k // 2)),
+            groups=int(s.get("groups", 1)),
+            bias=bool(s.get("bias", False)),
+        )
+        self.bn = nn.BatchNorm2d(int(s["out"])) if s.get("bn", True) else None
+        act = s.get("act")
+        self.act = _activation(str(act), int(s["out"])) if act else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.act(x) if self.act is not None else x
+
+
+class SqueezeExcite(nn.Module):
+    """x * hsigmoid(expand(relu(reduce(mean(x))))), as MobileNetV3 uses it."""
+
+    def __init__(self, channels: int, mid: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, mid, 1, bias=True)
+        self.expand = nn.Conv2d(mid, channels, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.mean((2, 3), keepdim=True)
+        y = self.expand(torch.relu(self.reduce(y)))
+        return x * nn.functional.hardsigmoid(y)
+
+
+class GlobalAvgPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
+class Residual(nn.Module):
+    """act(body(x) + shortcut(x)); an empty shortcut is the identity."""
+
+    def __init__(self, body: nn.Sequential, shortcut: nn.Sequential, act: nn.Module | None):
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x) + (self.shortcut(x) if len(self.shortcut) else x)
+        return self.act(y) if self.act is not None else y
+
+
+class Network(nn.Module):
+    """A standalone model built from a spec; carries the spec and its preprocessing."""
+
+    def __init__(self, spec: Sequence[LayerSpec], preprocessing: Preprocessing | None = None):
+        super().__init__()
+        self.spec: list[LayerSpec] = [dict(s) for s in spec]
+        self.preprocessing = preprocessing or Preprocessing()
+        self.layers = _sequential(self.spec, "layers")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)  # type: ignore[no-any-return]
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        """A random input of the size and channels this model expects."""
+        h, w = self.preprocessing.input_size
+        return torch.randn(batch, self.preprocessing.channels, h, w)
+
+
+def _activation(name: str, channels: int) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise SpecError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name](channels)
+
+
+def _sequential(specs: Sequence[LayerSpec], where: str) -> nn.Sequential:
+    if not isinstance(specs, list | tuple):
+        raise SpecError(f"{where}: expected a list of layers")
+    return nn.Sequential(*[build_layer(s, f"{where}.{i}") for i, s in enumerate(specs)])
+
+
+def build_layer(s: LayerSpec, where: str = "layer") -> nn.Module:
+    """The module of one layer spec.
+
+    Raises:
+        SpecError: unknown type or a missing / malformed key (the message names where).
+    """
+    if not isinstance(s, Mapping) or "type" not in s:
+        raise SpecError(f"{where}: a layer must be an object with a 'type'")
+    kind = s["type"]
+    try:
+        return _BUILDERS[kind](s, where)
+    except KeyError as e:
+        if kind not in _BUILDERS:
+            raise SpecError(f"{where}: unknown layer type {kind!r}") from None
+        raise SpecError(f"{where}: {kind} layer lacks key {e}") from None
+    except (TypeError, ValueError) as e:
+        if isinstance(e, SpecError):
+            raise
+        raise SpecError(f"{where}: bad {kind} layer: {e}") from None
+
+
+def _pool(s: LayerSpec, where: str) -> nn.Module:
+    cls = nn.MaxPool2d if s["type"] == "maxpool" else nn.AvgPool2d
+    return cls(
+        int(s["kernel"]),
+        stride=int(s["stride"]),
+        padding=int(s.get("padding", 0)),
+        ceil_mode=bool(s.get("ceil_mode", False)),
+    )
+
+
+def _residual(s: LayerSpec, where: str) -> nn.Module:
+    act = s.get("act")
+    out = _out_channels(s["body"])
+    return Residual(
+        _sequential(s["body"], f"{where}.body"),
+        _sequential(s.get("shortcut", []), f"{where}.shortcut"),
+        _activation(str(act), out or 1) if act else None,
+    )
+
+
+def _out_channels(specs: Sequence[LayerSpec]) -> int | None:
+    for s in reversed(specs):
+        if "out" in s:
+            return int(s["out"])
+        if "channels" in s:
+            return int(s["channels"])
+    return None
+
+
+_BUILDERS: dict[str, Callable[[LayerSpec, str], nn.Module]] = {
+    "conv": lambda s, w: ConvBNAct(s),
+    "linear": lambda s, w: nn.Linear(int(s["in"]), int(s["out"]), bias=bool(s.get("bias", True))),
+    "act": lambda s, w: _activation(str(s["fn"]), int(s.get("channels", 1))),
+    "se": lambda s, w: SqueezeExcite(int(s["channels"]), int(s["mid"])),
+    "maxpool": _pool,
+    "avgpool": _pool,
+    "gap": lambda s, w: GlobalAvgPool(),
+    "flatten": lambda s, w: nn.Flatten(1),
+    "dropout": lambda s, w: nn.Dropout(float(s.get("p", 0.0))),
+    "seq": lambda s, w: _sequential(s["layers"], f"{w}.layers"),
+    "residual": _residual,
+}
+
+
+def build(spec: Sequence[LayerSpec], preprocessing: Preprocessing | None = None) -> Network:
+    """Build the standalone network of ``spec`` (random weights)."""
+    return Network(spec, preprocessing)
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of ``x`` through ``model``'s Conv2d and Linear.
+
+    Counted per sample (divided by the batch size). BatchNorm, activations, pooling and
+    element-wise additions are not counted, as in Once-for-All's counter.
+    """
+    total = 0
+
+    def conv_hook(m: nn.Module, inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        assert isinstance(m, nn.Conv2d)
+        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+        total += out[0].numel() * k
+
+    def linear_hook(m: nn.Module, inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        assert isinstance(m, nn.Linear)
+        total += m.in_features * m.out_features
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (BatchNorm running statistics excluded)."""
+    return sum(p.numel() for p in model.parameters())
