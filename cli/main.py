@@ -33,6 +33,11 @@ study_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(study_app, name="study")
+supernet_app = typer.Typer(
+    help="List, extract from and train elastic supernets.\n\nExample: nas supernet list",
+    no_args_is_help=True,
+)
+app.add_typer(supernet_app, name="supernet")
 
 
 def user_errors(fn: F) -> F:
@@ -88,12 +93,27 @@ def search(
         str | None, typer.Option(help="Search strategy (default: the task's own).")
     ] = None,
     objectives: Annotated[
-        str, typer.Option(help="Comma-separated metrics; name:min|max overrides direction.")
-    ] = "top1,latency_ms",
+        str | None,
+        typer.Option(
+            help="Comma-separated metrics; name:min|max overrides direction "
+            "(default: the task's, e.g. top1,latency_ms)."
+        ),
+    ] = None,
     constraint: Annotated[
         list[str] | None, typer.Option(help="e.g. 'latency_ms<=20'; repeatable.")
     ] = None,
-    data: Annotated[str | None, typer.Option(help="Data set, e.g. cifar10, cifar100.")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="Data: nb201's cifar10|cifar100; mnist, digits, a folder, an .npz."),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Supernet checkpoint (safetensors, or an OFA .pth).")
+    ] = None,
+    accuracy: Annotated[
+        str,
+        typer.Option(help="Accuracy source: auto, measured, proxy, proxy:naswot, proxy:synflow."),
+    ] = "auto",
+    device: Annotated[str, typer.Option(help="Where accuracy is measured: cpu or cuda.")] = "cpu",
     budget: Annotated[int, typer.Option(help="Evaluations, across all runs and workers.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
     storage: Annotated[
@@ -128,7 +148,7 @@ def search(
         supernet=supernet,
         hw=hw,
         strategy=strategy,
-        objectives=tuple(s.strip() for s in objectives.split(",") if s.strip()),
+        objectives=tuple(s.strip() for s in (objectives or "").split(",") if s.strip()),
         constraints=tuple(constraint or ()),
         data=data,
         budget=budget,
@@ -141,6 +161,9 @@ def search(
         out=str(out_dir) if out_dir else None,
         batch_size=batch_size,
         strategy_options=parse_options(option or []),
+        weights=str(weights.resolve()) if weights else None,
+        accuracy=accuracy,
+        device=device,
     )
     code = run_search_command(config, pick=pick, as_json=as_json)
     if code:
@@ -163,16 +186,93 @@ def strategies() -> None:
 
 @app.command("supernets")
 @user_errors
-def supernets() -> None:
-    """List the supernets and benchmark spaces.
+def supernets(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the supernets and benchmark spaces (same as nas supernet list).
 
     Example: nas supernets
     """
-    from nas.supernets import SUPERNETS
+    from nas.cli.supernet_cmd import list_supernets
 
-    for name in SUPERNETS.names():
-        doc = (SUPERNETS.get(name).__doc__ or "").strip().splitlines()
-        out.print(f"{name:<12} {doc[0] if doc else ''}", markup=False, highlight=False)
+    list_supernets(as_json)
+
+
+@supernet_app.command("list")
+@user_errors
+def supernet_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the supernets with their dimensions and search-space sizes.
+
+    Example: nas supernet list
+    """
+    from nas.cli.supernet_cmd import list_supernets
+
+    list_supernets(as_json)
+
+
+FormatOpt = Annotated[str, typer.Option("--format", help="onnx or safetensors (+ JSON).")]
+
+
+@supernet_app.command("extract")
+@user_errors
+def supernet_extract(
+    supernet: Annotated[str, typer.Argument(help="Elastic supernet, e.g. resnet50.")],
+    params: Annotated[str, typer.Option(help="Sub-network as JSON, or a JSON file.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Output path (stem).")],
+    weights: Annotated[Path | None, typer.Option(help="Supernet checkpoint.")] = None,
+    fmt: FormatOpt = "safetensors",
+) -> None:
+    """Extract one sub-network as a standalone model.
+
+    Example: nas supernet extract mobilenetv3 --params sub.json --out sub --format onnx
+    """
+    from nas.cli.supernet_cmd import extract_subnet
+
+    extract_subnet(supernet, params, weights, fmt, out_path)
+
+
+@supernet_app.command("train")
+@user_errors
+def supernet_train(
+    supernet: Annotated[str, typer.Argument(help="Elastic supernet, e.g. mobilenetv3.")],
+    data: Annotated[str, typer.Option(help="mnist, digits, a folder of class folders, an .npz.")],
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Checkpoint (default nas-out/<supernet>-<data>).")
+    ] = None,
+    resolutions: Annotated[
+        str, typer.Option(help="Comma-separated training resolutions.")
+    ] = "24,28,32",
+    minutes: Annotated[float, typer.Option(help="Time budget of the whole training.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Train a supernet by progressive shrinking (kernel, depth, expand) with in-place
+    distillation; resumes from the last finished phase.
+
+    Example: nas supernet train mobilenetv3 --data mnist
+    """
+    from nas.supernets.train import train_command
+
+    train_command(supernet, data, out_path, resolutions, minutes, seed, device)
+
+
+@app.command("export")
+@user_errors
+def export(
+    study: Annotated[str, typer.Option(help="Study name.")],
+    trial: Annotated[int, typer.Option(help="Trial number.")],
+    fmt: FormatOpt = "onnx",
+    out_path: Annotated[Path | None, typer.Option("--out", help="Output path (stem).")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default sqlite:///nas.db).")
+    ] = None,
+) -> None:
+    """Write the sub-network of one trial as ONNX (checked with onnxruntime) or
+    safetensors + JSON (rebuilt by nas.compress.load_model).
+
+    Example: nas export --study resnet50-gpu-top1,macs_m --trial 12 --format onnx
+    """
+    from nas.cli.supernet_cmd import export_trial
+
+    export_trial(study, trial, fmt, out_path, storage)
 
 
 StorageOpt = Annotated[

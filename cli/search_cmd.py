@@ -36,15 +36,18 @@ def pick_trial(
 
 def run_search_command(config: SearchConfig, *, pick: str | None, as_json: bool) -> int:
     """Run ``config`` and report; returns the exit status."""
-    if pick is not None:
-        parse_constraint(pick) if _valid(pick) else None
-    setup_logging(config.out_dir / "search.log", quiet=as_json)
-    progress = ProgressReporter([], enabled=not as_json)
     from nas.search.job import prepare
 
-    progress.objectives = prepare(config).objectives
+    if pick is not None:
+        _valid(pick)
+    prepared = prepare(config)
+    config = prepared.config
+    setup_logging(config.out_dir / "search.log", quiet=as_json)
+    for line in getattr(prepared.task, "notes", lambda: [])():
+        log.info("%s", line)
+    progress = ProgressReporter(list(prepared.objectives), enabled=not as_json)
     try:
-        result = run_search(config, progress=progress)
+        result = run_search(config, progress=progress, prepared=prepared)
     finally:
         progress.close()
     chosen = pick_trial(result.study, result.objectives, pick) if pick else None

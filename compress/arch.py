@@ -147,6 +147,8 @@ class Network(nn.Module):
         super().__init__()
         self.spec: list[LayerSpec] = [dict(s) for s in spec]
         self.preprocessing = preprocessing or Preprocessing()
+        #: where the model came from (supernet, params, study, trial), as saved with it
+        self.origin: dict[str, Any] = {}
         self.layers = _sequential(self.spec, "layers")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

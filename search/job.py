@@ -23,7 +23,13 @@ from optuna.trial import FrozenTrial
 
 from nas.search.errors import UserError
 from nas.search.export import write_exports
-from nas.search.objectives import Constraint, Objective, parse_constraint, parse_objectives
+from nas.search.objectives import (
+    DEFAULT_OBJECTIVES,
+    Constraint,
+    Objective,
+    parse_constraint,
+    parse_objectives,
+)
 from nas.search.runner import BudgetGuard, StopControl, TaskObjective, optimize, reap_dead
 from nas.search.strategies import STRATEGIES, Strategy, create_strategy
 from nas.search.study import (
@@ -81,22 +87,31 @@ def prepare(config: SearchConfig) -> Prepared:
 
     _check_numbers(config)
     try:
-        objectives = parse_objectives(list(config.objectives))
         constraints = tuple(parse_constraint(c) for c in config.constraints)
         task = create_supernet(
-            config.supernet, hw=config.hw, data=config.data, batch_size=config.batch_size
+            config.supernet,
+            hw=config.hw,
+            data=config.data,
+            batch_size=config.batch_size,
+            weights=config.weights,
+            accuracy=config.accuracy,
+            device=config.device,
         )
+        names = config.objectives or tuple(getattr(task, "default_objectives", DEFAULT_OBJECTIVES))
+        objectives = parse_objectives(list(names))
     except ValueError as e:
         raise UserError(str(e)) from None
     available = dict(task.sources())
+    unavailable: dict[str, str] = dict(getattr(task, "unavailable", {}))
     for metric in [o.metric for o in objectives] + [c.metric for c in constraints]:
         if metric not in available:
+            why = f" ({unavailable[metric]})" if metric in unavailable else ""
             raise UserError(
-                f"{config.supernet} does not measure {metric!r}; it measures: "
+                f"{config.supernet} does not measure {metric!r}{why}; it measures: "
                 + ", ".join(available)
             )
     strategy = config.strategy or str(getattr(task, "default_strategy", "tpe"))
-    config = replace(config, strategy=strategy)
+    config = replace(config, strategy=strategy, objectives=tuple(names))
     make_strategy(Prepared(config, task, objectives, constraints), 0)  # validate options now
     return Prepared(config, task, objectives, constraints)
 
@@ -140,6 +155,7 @@ def run_search(
     progress: ProgressFn | None = None,
     handle_signals: bool = True,
     export: bool = True,
+    prepared: Prepared | None = None,
 ) -> SearchResult:
     """Run (or resume) the search ``config`` describes, up to its budget.
 
@@ -147,9 +163,11 @@ def run_search(
         progress: called as trials finish, for a progress bar or log lines.
         handle_signals: install the two-stage SIGINT/SIGTERM handler (main thread only).
         export: write the CSV/JSON exports into ``config.out_dir`` at the end.
+        prepared: ``prepare(config)`` when the caller has it already (saves building the task
+            twice).
     """
     start = time.monotonic()
-    p = prepare(config)
+    p = prepared if prepared is not None else prepare(config)
     storage = make_storage(p.config.storage_url, heartbeat=p.config.heartbeat)
     prov = provenance(p.config, p.task.describe(), dict(p.task.sources()))
     study = open_study(p.config, storage, [o.direction for o in p.objectives], prov)

@@ -31,6 +31,9 @@ METRICS: dict[str, tuple[Direction, str]] = {
     "reward": ("maximize", "a plugin's scalar reward"),
 }
 
+#: the objectives of a task that does not name its own
+DEFAULT_OBJECTIVES: tuple[str, ...] = ("top1", "latency_ms")
+
 _ARCH_METRIC = re.compile(r"^top1@[A-Za-z0-9_.\-]+$")
 
 

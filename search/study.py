@@ -56,6 +56,8 @@ IDENTITY_FIELDS = (
     "seed",
     "batch_size",
     "strategy_options",
+    "weights",
+    "accuracy",
 )
 
 
@@ -63,13 +65,16 @@ IDENTITY_FIELDS = (
 class SearchConfig:
     """Everything a search run is configured with; stored with its study.
 
-    ``strategy=None`` means the task's default strategy; it is resolved before storing.
+    ``strategy=None`` means the task's default strategy and empty ``objectives`` the task's
+    default objectives; both are resolved before storing. ``weights`` is a checkpoint of the
+    supernet, ``accuracy`` the accuracy source (``auto``, ``measured``, ``proxy``,
+    ``proxy:<name>``) and ``device`` where accuracy is measured (``cpu``, ``cuda``).
     """
 
     supernet: str
     hw: str
     strategy: str | None = None
-    objectives: tuple[str, ...] = ("top1", "latency_ms")
+    objectives: tuple[str, ...] = ()
     constraints: tuple[str, ...] = ()
     data: str | None = None
     budget: int = 100
@@ -83,6 +88,9 @@ class SearchConfig:
     batch_size: int | None = None
     heartbeat: int = 10
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    accuracy: str = "auto"
+    device: str = "cpu"
 
     @property
     def study_name(self) -> str:

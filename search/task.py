@@ -14,7 +14,7 @@ from nas.search.registry import Registry
 from nas.search.space import Measurement, Params, Space
 
 #: where a metric came from; printed and stored with every result
-SOURCES = ("measured", "predicted", "proxy", "table", "roofline", "macs")
+SOURCES = ("measured", "predicted", "proxy", "table", "roofline", "counted")
 
 
 class Rejected(Exception):
@@ -40,7 +40,8 @@ class Task(Protocol):
         ...
 
     def sources(self) -> Mapping[str, str]:
-        """The source (one of :data:`SOURCES`) of each metric :meth:`evaluate` returns."""
+        """The source of each metric :meth:`evaluate` returns: one of :data:`SOURCES`, optionally
+        followed by `:detail` (e.g. ``proxy:naswot``)."""
         ...
 
     def describe(self) -> dict[str, Any]:

@@ -38,6 +38,8 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, str]]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # garbage, not a refused callable
+            raise UserError(f"--weights {p}: not a torch checkpoint (unreadable pickle)") from None
         raise UserError(
             f"--weights {p}: refused, the file holds more than tensors ({_why(e)}); "
             "only state_dicts are loaded"
@@ -49,7 +51,7 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, str]]:
 
 
 def _why(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]
+    lines = [ln.strip() for ln in str(e).splitlines() if "global" in ln.lower()]
     return lines[0][:160] if lines else "code or objects beyond tensors"
 
 

@@ -149,7 +149,18 @@ class NB201Task:
 
 @register_supernet("nb201")
 def nb201(
-    hw: str = "gpu", data: str | None = None, batch_size: int | None = None, **_: Any
+    hw: str = "gpu",
+    data: str | None = None,
+    batch_size: int | None = None,
+    weights: str | None = None,
+    accuracy: str = "auto",
+    **_: Any,
 ) -> NB201Task:
     """NAS-Bench-201 (15,625 cells): CIFAR-10/100 accuracy and device latency from tables."""
+    if weights is not None:
+        raise UserError("nb201 is a table of trained results; --weights does not apply")
+    if accuracy not in ("auto", "table"):
+        raise UserError(
+            f"nb201 accuracy comes from its table; --accuracy {accuracy} does not apply"
+        )
     return NB201Task(hw=hw, data=data, batch_size=batch_size)
