@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 search: $(STAMP)
-	$(BIN)/nas search --supernet nb201 --hw raspi4
+	$(BIN)/nas search --supernet resnet50 --hw gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

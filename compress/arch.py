@@ -152,7 +152,8 @@ class Network(nn.Module):
         self.layers = _sequential(self.spec, "layers")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)  # type: ignore[no-any-return]
+        y: torch.Tensor = self.layers(x)
+        return y
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """A random input of the size and channels this model expects."""

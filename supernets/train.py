@@ -118,7 +118,10 @@ def sandwich_step(
 def _optimizer(net: ElasticSupernet, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for n, p in net.named_parameters() if p.ndim > 1 and "matrix" not in n]
     rest = [p for n, p in net.named_parameters() if not (p.ndim > 1 and "matrix" not in n)]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest}]
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": rest},
+    ]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=0.0)
 
 
