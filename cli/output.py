@@ -119,10 +119,35 @@ def trials_table(
     for m in extra:
         table.add_column(f"{m} ({sources.get(m)})", justify="right")
     names = list(trials[0].params) if trials else []
-    for n in names:
+    wide = len(names) > WIDE_SPACE
+    shown = [n for n in names if n == "r"] if wide else names
+    for n in shown:
         table.add_column(n)
+    if wide:
+        table.add_column("candidate (choice index per dimension; values in the CSV/JSON)")
     for t in trials:
         row = [str(t.number)] + [_fmt(t.user_attrs.get(m)) for m in metrics + extra]
-        row += [_fmt(t.params.get(n)) for n in names]
+        row += [_fmt(t.params.get(n)) for n in shown]
+        if wide:
+            row.append(compact_candidate(t))
         table.add_row(*row)
     return table
+
+
+#: spaces with more dimensions than this are shown as one compact column
+WIDE_SPACE = 10
+
+
+def compact_candidate(t: optuna.trial.FrozenTrial) -> str:
+    """``d:22221 e:201120120012012012 w:222220``: each dimension's choice index, grouped by
+    name prefix (``r`` is shown in its own column)."""
+    groups: dict[str, str] = {}
+    for name, value in t.params.items():
+        if name == "r":
+            continue
+        dist = t.distributions.get(name)
+        choices = getattr(dist, "choices", None)
+        idx = str(list(choices).index(value)) if choices and value in choices else _fmt(value)
+        key = name.rstrip("0123456789") or name
+        groups[key] = groups.get(key, "") + (idx if len(idx) == 1 else f"({idx})")
+    return " ".join(f"{k}:{v}" for k, v in groups.items())

@@ -64,8 +64,13 @@ def _classes_of(sd: Mapping[str, torch.Tensor]) -> int | None:
     return int(sd[keys[-1]].shape[0]) if keys else None
 
 
-def load_supernet(name: str, weights: str | Path | None = None) -> ElasticSupernet:
-    """Build supernet ``name`` and load ``weights`` into it (random weights without).
+def load_supernet(
+    name: str, weights: str | Path | None = None, init_seed: int = 0
+) -> ElasticSupernet:
+    """Build supernet ``name`` and load ``weights`` into it.
+
+    Without weights the supernet is randomly initialised from ``init_seed``, so the same
+    sub-network extracted in another process (``nas export``) has the same weights.
 
     Raises:
         UserError: the checkpoint is unreadable, refused, of another supernet, or its tensors do
@@ -75,7 +80,9 @@ def load_supernet(name: str, weights: str | Path | None = None) -> ElasticSupern
     from nas.supernets.checkpoint import load_into, metadata_json, read_state_dict
 
     if weights is None:
-        return build_supernet(name)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            return build_supernet(name).eval()
     sd, meta = read_state_dict(weights)
     info = metadata_json(meta, META_KEY) or {}
     if info and info.get("name") != name:

@@ -73,7 +73,7 @@ class SubnetTask:
             k: CategoricalDistribution(list(v)) for k, v in self.net.dimensions().items()
         }
         self.unavailable = {
-            "latency_ms": f"no latency predictor for {supernet} on {hw} yet; search macs_m"
+            "latency_ms": f"no latency predictor for {supernet} on {hw} yet; use macs_m"
         }
 
     def _check_classes(self) -> None:
@@ -105,7 +105,8 @@ class SubnetTask:
                 f"{PROXY_BATCH} and half the candidate's resolution, on "
                 + (f"{self.data} images" if self.data else "Gaussian-noise inputs")
             )
-        return [acc, f"latency_ms: {self.unavailable['latency_ms']}; macs_m counted instead"]
+        lat = f"no latency predictor for {self.name} on {self.hw} yet"
+        return [acc, f"latency_ms: {lat}; macs_m (counted on the sub-network) stands in"]
 
     def describe(self) -> dict[str, Any]:
         return {
