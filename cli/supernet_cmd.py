@@ -35,13 +35,15 @@ def dimension_groups(space: dict[str, Any]) -> list[tuple[str, int, list[Any]]]:
 
 def list_supernets(as_json: bool) -> None:
     """Print every registered supernet with its dimensions and space size."""
+    from nas.search.space import space_size
     from nas.supernets import SUPERNETS, create_supernet
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in SUPERNETS.names():
         task = create_supernet(name)
         space = dict(task.space())
-        size = math.prod(len(d.choices) for d in space.values())  # type: ignore[attr-defined]
+        size_f = space_size(space)
+        size = int(size_f) if math.isfinite(size_f) else None
         groups = dimension_groups(space)
         doc = (SUPERNETS.get(name).__doc__ or "").strip().splitlines()
         rows.append(
@@ -65,7 +67,12 @@ def list_supernets(as_json: bool) -> None:
             else f"{d['name']} {_summary(d['choices'])}"
             for d in r["dimensions"]
         )
-        table.add_row(r["name"], dims, f"{r['space_size']:.3g}", r["description"])
+        table.add_row(
+            r["name"],
+            dims,
+            f"{r['space_size']:.3g}" if r["space_size"] is not None else "inf",
+            r["description"],
+        )
     out.print(table)
 
 
