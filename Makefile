@@ -41,6 +41,9 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/search_nb201.py
+	$(BIN)/python bench/supernets.py
+	$(BIN)/python bench/latency_predictors.py
+	$(BIN)/python bench/latency_cpu.py
 
 clean:
 	rm -rf build $(VENV) nas-out nas.db nas.db-wal nas.db-shm

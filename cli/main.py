@@ -38,6 +38,12 @@ supernet_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(supernet_app, name="supernet")
+hw_app = typer.Typer(
+    help="Hardware profiles and latency predictors.\n\nExample: nas hw check --hw cpu "
+    "--supernet mobilenetv3",
+    no_args_is_help=True,
+)
+app.add_typer(hw_app, name="hw")
 
 
 def user_errors(fn: F) -> F:
@@ -241,6 +247,10 @@ def supernet_train(
         str, typer.Option(help="Comma-separated training resolutions.")
     ] = "24,28,32",
     minutes: Annotated[float, typer.Option(help="Time budget of the whole training.")] = 30.0,
+    epochs: Annotated[
+        str | None,
+        typer.Option(help="Epochs per phase: full, then each elastic family (default 5,3,3,5)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
@@ -251,7 +261,7 @@ def supernet_train(
     """
     from nas.supernets.train import train_command
 
-    train_command(supernet, data, out_path, resolutions, minutes, seed, device)
+    train_command(supernet, data, out_path, resolutions, minutes, seed, device, epochs)
 
 
 @app.command("export")
@@ -351,6 +361,68 @@ def main() -> None:
 
 
 __all__ = ["ProgressReporter", "app", "main", "trials_table"]
+
+
+@hw_app.command("list")
+@user_errors
+def hw_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Hardware profiles: this machine, benchmark table columns, saved profiles.
+
+    Example: nas hw list
+    """
+    from nas.cli.hw_cmd import list_hw
+
+    list_hw(as_json)
+
+
+@hw_app.command("profile")
+@user_errors
+def hw_profile(
+    name: Annotated[str, typer.Option(help="Name of the new profile.")],
+    supernet: Annotated[str, typer.Option(help="Supernet whose lookup table to build.")],
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
+    backend: Annotated[str, typer.Option(help="torch or onnxruntime.")] = "torch",
+    weights: Annotated[
+        str | None, typer.Option(help="Checkpoint: its classes and resolutions set the blocks.")
+    ] = None,
+) -> None:
+    """Measure this machine: save a profile under $NAS_HOME and build the supernet's table.
+
+    Example: nas hw profile --name mybox --supernet mobilenetv3
+    """
+    from nas.cli.hw_cmd import profile_hw
+
+    setup_logging(None, quiet=False)
+    profile_hw(name, supernet, device, batch_size, threads, backend, weights)
+
+
+@hw_app.command("check")
+@user_errors
+def hw_check(
+    hw: Annotated[str, typer.Option(help="cpu, gpu or a saved profile.")],
+    supernet: Annotated[str, typer.Option(help="Supernet.")],
+    n: Annotated[int, typer.Option(help="Random sub-networks to measure.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the sub-networks.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write the JSON here.")] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="Checkpoint: its classes and resolutions set the blocks.")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Repeated medians for the noise floor.")] = 10,
+) -> None:
+    """Measure random sub-networks and report the latency predictor's error on them.
+
+    Example: nas hw check --hw cpu --supernet resnet50
+    """
+    from nas.cli.hw_cmd import check_hw
+
+    setup_logging(None, quiet=as_json)
+    check_hw(hw, supernet, n, seed, as_json, out_path, weights, repeats)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -29,6 +29,7 @@ built network loads into the network rebuilt from the same spec.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -241,6 +242,51 @@ _BUILDERS: dict[str, Callable[[LayerSpec, str], nn.Module]] = {
 def build(spec: Sequence[LayerSpec], preprocessing: Preprocessing | None = None) -> Network:
     """Build the standalone network of ``spec`` (random weights)."""
     return Network(spec, preprocessing)
+
+
+Shape = tuple[int, ...]
+
+
+def layer_output_shape(s: LayerSpec, shape: Shape) -> Shape:
+    """Output shape (without batch) of layer ``s`` on an input of ``shape`` (C, H, W or F).
+
+    Pure arithmetic on the spec, no modules built: lookup tables key blocks by it.
+    """
+    kind = s["type"]
+    if kind in ("conv", "maxpool", "avgpool"):
+        c, h, w = shape
+        k, st = int(s["kernel"]), int(s["stride"])
+        pad = int(s.get("padding", k // 2 if kind == "conv" else 0))
+        rnd = math.ceil if s.get("ceil_mode", False) else math.floor
+        h2, w2 = (int(rnd((n + 2 * pad - k) / st)) + 1 for n in (h, w))
+        return (int(s["out"]) if kind == "conv" else c, h2, w2)
+    if kind == "gap":
+        return (shape[0], 1, 1)
+    if kind == "flatten":
+        return (math.prod(shape),)
+    if kind == "linear":
+        return (*shape[:-1], int(s["out"]))
+    if kind == "seq":
+        return sequence_output_shape(s["layers"], shape)
+    if kind == "residual":
+        return sequence_output_shape(s["body"], shape)
+    return shape  # act, se, dropout keep the shape
+
+
+def sequence_output_shape(specs: Sequence[LayerSpec], shape: Shape) -> Shape:
+    """Output shape of layers applied in order."""
+    for s in specs:
+        shape = layer_output_shape(s, shape)
+    return shape
+
+
+def input_shapes(specs: Sequence[LayerSpec], shape: Shape) -> list[Shape]:
+    """The input shape of each layer of ``specs`` applied in order to ``shape``."""
+    shapes = []
+    for s in specs:
+        shapes.append(shape)
+        shape = layer_output_shape(s, shape)
+    return shapes
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:

@@ -22,10 +22,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-SurrogateKind = Literal["ridge", "svr", "gp", "gbm", "mlp"]
+SurrogateKind = Literal["ridge", "svr", "gp", "gbm", "mlp", "ridge_cv"]
 
-#: every kind :func:`fit_surrogate` knows
-KINDS: tuple[SurrogateKind, ...] = ("ridge", "svr", "gp", "gbm", "mlp")
+#: every kind :func:`fit_surrogate` knows (``ridge_cv``: ridge with its penalty chosen by
+#: leave-one-out over a grid; used by the latency predictors)
+KINDS: tuple[SurrogateKind, ...] = ("ridge", "svr", "gp", "gbm", "mlp", "ridge_cv")
 #: the kinds ``auto`` compares (``mlp`` is slower and rarely wins on small data)
 AUTO_KINDS: tuple[SurrogateKind, ...] = ("ridge", "svr", "gp", "gbm")
 #: below this many points ``auto`` does not cross-validate and uses ridge
@@ -91,6 +92,10 @@ def make_estimator(kind: str, seed: int = 0) -> Any:
         from sklearn.linear_model import Ridge
 
         return Ridge(alpha=1.0)
+    if kind == "ridge_cv":
+        from sklearn.linear_model import RidgeCV
+
+        return RidgeCV(alphas=np.logspace(-3, 3, 13))
     if kind == "svr":
         from sklearn.svm import SVR
 

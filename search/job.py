@@ -110,6 +110,9 @@ def prepare(config: SearchConfig) -> Prepared:
                 f"{config.supernet} does not measure {metric!r}{why}; it measures: "
                 + ", ".join(available)
             )
+    require = getattr(task, "require", None)
+    if require is not None:  # lets a task skip (or prepare) costly metrics the search needs
+        require({o.metric for o in objectives} | {c.metric for c in constraints})
     strategy = config.strategy or str(getattr(task, "default_strategy", "tpe"))
     config = replace(config, strategy=strategy, objectives=tuple(names))
     make_strategy(Prepared(config, task, objectives, constraints), 0)  # validate options now

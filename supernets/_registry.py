@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nas.search.registry import Registry
-from nas.search.task import Task
 
-SupernetFactory = Callable[..., Task]
+if TYPE_CHECKING:
+    from nas.search.task import Task
+
+SupernetFactory = Callable[..., "Task"]
 SUPERNETS: Registry[SupernetFactory] = Registry("supernet")
 
 

@@ -8,8 +8,10 @@ Evaluating one extracts it as a standalone model and measures it:
   statistics recalibrated on training images, then top-1 on the validation split — never the
   test split), else a training-free *proxy* score computed on the sub-network (NASWOT by
   default, at batch 16 and half resolution): a ranking signal, not a percentage;
-- ``latency_ms``: not yet — no latency predictor exists for these supernets (the predictors
-  issue adds them); search ``macs_m`` meanwhile, which is the default second objective.
+- ``latency_ms``: *predicted* by the per-block lookup table of the ``--hw`` device (``cpu``:
+  this CPU, built on first use and cached; ``gpu``: this CUDA device, else a table shipped for a
+  named card), or a *roofline* estimate for an H100 when no GPU and no table exist
+  (nas.predictors.latency says which, and every output repeats it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hashlib
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from optuna.distributions import CategoricalDistribution
@@ -30,8 +32,9 @@ from nas.supernets._registry import register_supernet
 from nas.supernets.elastic import ElasticSupernet
 from nas.supernets.families import FAMILIES, load_supernet
 
-#: hardware names a supernet search accepts until latency profiles exist
-HARDWARE = ("gpu", "cpu")
+if TYPE_CHECKING:
+    from nas.predictors.latency import SubnetLatency
+
 ACCURACY = ("auto", "measured", "proxy")
 #: recalibration images and proxy batch
 CALIBRATION_IMAGES = 1000
@@ -42,7 +45,7 @@ class SubnetTask:
     """Search the sub-networks of one elastic supernet."""
 
     default_strategy = "linas"
-    default_objectives = ("top1", "macs_m")
+    default_objectives = ("top1", "latency_ms")
 
     def __init__(
         self,
@@ -56,8 +59,6 @@ class SubnetTask:
         device: str = "cpu",
     ):
         self.name = supernet
-        if hw not in HARDWARE:
-            raise UserError(f"unknown hardware {hw!r} for {supernet}; known: {', '.join(HARDWARE)}")
         self.hw, self.batch_size, self.weights, self.data = hw, batch_size or 1, weights, data
         self.device = _check_device(device)
         self.mode, self.proxy = _accuracy_mode(accuracy, weights, data)
@@ -72,9 +73,27 @@ class SubnetTask:
         self._space: Space = {
             k: CategoricalDistribution(list(v)) for k, v in self.net.dimensions().items()
         }
-        self.unavailable = {
-            "latency_ms": f"no latency predictor for {supernet} on {hw} yet; use macs_m"
-        }
+        self.latency = self._resolve_latency(build=False)
+
+    def _resolve_latency(self, build: bool) -> SubnetLatency | None:
+        """The latency source; None when it is a table not built yet (and ``build`` is False)."""
+        from nas.predictors.hardware import ProfileError
+        from nas.predictors.latency import resolve_latency
+        from nas.predictors.lut import TableError
+
+        try:
+            return resolve_latency(self.net, self.hw, batch_size=self.batch_size, build=build)
+        except ProfileError as e:
+            raise UserError(str(e)) from None
+        except TableError as e:
+            if build or "no latency table" not in str(e):
+                raise UserError(str(e)) from None
+            return None
+
+    def require(self, metrics: set[str]) -> None:
+        """Called with the metrics the search uses: a latency table is built only if needed."""
+        if "latency_ms" in metrics and self.latency is None:
+            self.latency = self._resolve_latency(build=True)
 
     def _check_classes(self) -> None:
         n = len(self._train.classes)
@@ -90,7 +109,10 @@ class SubnetTask:
 
     def sources(self) -> Mapping[str, str]:
         acc = "measured" if self.mode == "measured" else f"proxy:{self.proxy}"
-        return {"top1": acc, "macs_m": "counted", "params_m": "counted"}
+        out = {"top1": acc, "macs_m": "counted", "params_m": "counted"}
+        # a table not built yet is still offered: require() builds it when a search uses it
+        out["latency_ms"] = self.latency.source if self.latency is not None else "predicted"
+        return out
 
     def notes(self) -> list[str]:
         """Lines that explain the sources, printed before a search."""
@@ -105,8 +127,12 @@ class SubnetTask:
                 f"{PROXY_BATCH} and half the candidate's resolution, on "
                 + (f"{self.data} images" if self.data else "Gaussian-noise inputs")
             )
-        lat = f"no latency predictor for {self.name} on {self.hw} yet"
-        return [acc, f"latency_ms: {lat}; macs_m (counted on the sub-network) stands in"]
+        lat = (
+            self.latency.label
+            if self.latency is not None
+            else f"lookup table of this machine for {self.hw}, built when a search needs it"
+        )
+        return [acc, f"latency_ms: {lat}"]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -128,6 +154,8 @@ class SubnetTask:
             "params_m": count_params(sub) / 1e6,
         }
         m["top1"] = self._measure(sub) if self.mode == "measured" else self._proxy(sub, r)
+        if self.latency is not None:
+            m["latency_ms"] = self.latency(self.net, self.net.check(params), sub)
         return m
 
     def build(self, params: Params) -> Network:

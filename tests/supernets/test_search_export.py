@@ -38,11 +38,28 @@ def test_resnet50_search_and_export(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert doc["evaluated"] == 5 and doc["study"] == "resnet50-gpu-top1,macs_m"
-    assert doc["sources"] == {"top1": "proxy:naswot", "macs_m": "counted", "params_m": "counted"}
-    assert doc["pareto"] and all(p["macs_m"] > 500 for p in doc["pareto"])
+    assert doc["evaluated"] == 5 and doc["study"] == "resnet50-gpu-top1,latency_ms"
+    roofline = not torch.cuda.is_available()  # no GPU and no shipped table: an estimate
+    assert doc["sources"] == {
+        "top1": "proxy:naswot",
+        "macs_m": "counted",
+        "params_m": "counted",
+        "latency_ms": "roofline" if roofline else "predicted",
+    }
+    assert doc["pareto"] and all(p["macs_m"] > 500 and p["latency_ms"] > 0 for p in doc["pareto"])
     assert Path(doc["files"]["trials.csv"]).is_file()
     trial = doc["pareto"][0]["trial"]
+
+    # --pick: the finished study is reprinted with the best front member under the constraint
+    bound = sorted(p["latency_ms"] for p in doc["pareto"])[0] * 1.0001
+    r = run_nas(
+        "search", "--supernet", "resnet50", "--hw", "gpu", "--budget", "5", "--strategy",
+        "random", "--json", "--pick", f"latency_ms<={bound}", timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    picked = json.loads(r.stdout)["pick"]
+    fastest = min(doc["pareto"], key=lambda p: p["latency_ms"])
+    assert picked["trial"] == fastest["trial"]
 
     r = run_nas(
         "export",
@@ -85,10 +102,22 @@ def test_resnet50_search_and_export(tmp_path: Path) -> None:
         assert torch.allclose(supernet(x), net(x), atol=1e-5)
 
 
-def test_measured_accuracy_with_trained_weights(tmp_path: Path) -> None:
+def test_measured_accuracy_and_cpu_latency_table(tmp_path: Path) -> None:
+    from nas.predictors.hardware import measured_profile
+    from nas.predictors.latency import table_path
+    from nas.predictors.lut import build_table
+
     net = build_supernet("mobilenetv3", n_classes=10)
     net.resolutions = (24, 32)
     save_supernet(net, tmp_path / "w.safetensors")
+    # this CPU's table, timed quickly here; `--hw cpu` finds it in NAS_HOME and reuses it
+    profile = measured_profile("cpu", device="cpu")
+    table = build_table(
+        net, hardware={"name": "cpu"}, calibrate=2, warmup=1, runs=3, threads=1, lock=False
+    )
+    cached = table_path(net, profile)
+    table.save(cached)
+    stamp = cached.stat().st_mtime_ns
     config = SearchConfig(
         supernet="mobilenetv3",
         hw="cpu",
@@ -99,17 +128,25 @@ def test_measured_accuracy_with_trained_weights(tmp_path: Path) -> None:
         storage=f"sqlite:///{tmp_path}/s.db",
     )
     result = run_search(config, handle_signals=False)
-    assert result.sources["top1"] == "measured"
+    assert result.sources == {
+        "top1": "measured",
+        "latency_ms": "predicted",
+        "macs_m": "counted",
+        "params_m": "counted",
+    }
     trials = result.study.trials
     assert len(trials) == 3 and {t.params["r"] for t in trials} <= {24, 32}
     assert all(0 <= t.user_attrs["top1"] <= 100 for t in trials)
+    for t in trials:
+        assert t.user_attrs["latency_ms"] == pytest.approx(table.predict(net, t.params))
+    assert cached.stat().st_mtime_ns == stamp  # reused, not rebuilt
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--supernet", "resnet51"], "error: unknown supernet 'resnet51'; known: "),
-        (["--objectives", "top1,latency_ms"], "no latency predictor for resnet50 on gpu yet"),
+        (["--hw", "tpu"], "error: unknown hardware 'tpu'; known: "),
         (["--accuracy", "guess"], "error: unknown --accuracy 'guess'"),
         (["--accuracy", "measured"], "--accuracy measured needs trained --weights and --data"),
         (["--data", "no/such/folder"], "no/such/folder"),

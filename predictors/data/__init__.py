@@ -1,0 +1,1 @@
+"""Data files shipped with nas.predictors (see NOTICE)."""
