@@ -52,7 +52,7 @@ __all__ = [
 FORMAT = "nas-hardware-profile"
 VERSION = 1
 KINDS = ("measured", "table", "roofline")
-#: NAS-Bench-201 latency table columns with their batch size (as in nas.supernets.nb201)
+#: NAS-Bench-201 latency table columns with their batch size (nas.supernets.nb201 uses these)
 NB201_DEVICES: dict[str, int] = {
     "1080ti_1": 1,
     "1080ti_32": 32,

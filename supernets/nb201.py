@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from optuna.distributions import CategoricalDistribution
 
+from nas.predictors.hardware import NB201_DEVICES
 from nas.search.errors import UserError
 from nas.search.space import Measurement, Params, Space
 from nas.supernets._registry import register_supernet
@@ -26,16 +27,8 @@ from nas.supernets._registry import register_supernet
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 #: the cell's edges (i -> j) in the order of the architecture string
 EDGES = ("e01", "e02", "e12", "e03", "e13", "e23")
-#: device columns with their batch size
-DEVICES: dict[str, int] = {
-    "1080ti_1": 1,
-    "1080ti_32": 32,
-    "2080ti_1": 1,
-    "gold_6226": 1,
-    "pixel3": 1,
-    "raspi4": 1,
-    "eyeriss": 1,
-}
+#: device columns with their batch size (one list, kept with the hardware profiles)
+DEVICES: dict[str, int] = NB201_DEVICES
 ALIASES = {"gpu": "1080ti_1"}
 DATASETS = ("cifar10", "cifar100")
 
