@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/supernets.py
 	$(BIN)/python bench/latency_predictors.py
 	$(BIN)/python bench/latency_cpu.py
+	$(BIN)/python bench/training_free.py
 
 clean:
 	rm -rf build $(VENV) nas-out nas.db nas.db-wal nas.db-shm

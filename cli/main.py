@@ -44,6 +44,12 @@ hw_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(hw_app, name="hw")
+predictor_app = typer.Typer(
+    help="Accuracy predictors fitted on measured sub-networks.\n\nExample: nas predictor fit "
+    "mobilenetv3 --weights ckpt.safetensors --data mnist --out acc.json",
+    no_args_is_help=True,
+)
+app.add_typer(predictor_app, name="predictor")
 
 
 def user_errors(fn: F) -> F:
@@ -117,9 +123,14 @@ def search(
     ] = None,
     accuracy: Annotated[
         str,
-        typer.Option(help="Accuracy source: auto, measured, proxy, proxy:naswot, proxy:synflow."),
+        typer.Option(
+            help="Accuracy source: auto, measured, predicted, predicted:FILE, proxy, proxy:NAME."
+        ),
     ] = "auto",
     device: Annotated[str, typer.Option(help="Where accuracy is measured: cpu or cuda.")] = "cpu",
+    measure: Annotated[
+        bool, typer.Option("--measure", help="Time every candidate here instead of predicting.")
+    ] = False,
     budget: Annotated[int, typer.Option(help="Evaluations, across all runs and workers.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
     storage: Annotated[
@@ -170,6 +181,7 @@ def search(
         weights=str(weights.resolve()) if weights else None,
         accuracy=accuracy,
         device=device,
+        measure=measure,
     )
     code = run_search_command(config, pick=pick, as_json=as_json)
     if code:
@@ -422,6 +434,30 @@ def hw_check(
 
     setup_logging(None, quiet=as_json)
     check_hw(hw, supernet, n, seed, as_json, out_path, weights, repeats)
+
+
+@predictor_app.command("fit")
+@user_errors
+def predictor_fit(
+    supernet: Annotated[str, typer.Argument(help="Elastic supernet, e.g. mobilenetv3.")],
+    weights: Annotated[str, typer.Option(help="Trained supernet checkpoint.")],
+    data: Annotated[str, typer.Option(help="mnist, digits, a folder of class folders, an .npz.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Predictor file to write (JSON).")],
+    samples: Annotated[int, typer.Option(help="Sub-networks to measure.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the sub-networks and folds.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Measure random sub-networks, fit an accuracy predictor and print its out-of-fold quality.
+
+    Use it with: nas search --supernet mobilenetv3 --accuracy predicted:acc.json ...
+
+    Example: nas predictor fit mobilenetv3 --weights ckpt.safetensors --data mnist --out acc.json
+    """
+    from nas.cli.predictor_cmd import fit_predictor
+
+    setup_logging(None, quiet=as_json)
+    fit_predictor(supernet, weights, data, samples, seed, out_path, device, as_json)
 
 
 if __name__ == "__main__":  # pragma: no cover

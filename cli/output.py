@@ -115,7 +115,15 @@ def trials_table(
     metrics = [o.metric for o in objectives]
     for m in metrics:
         table.add_column(f"{m} ({sources.get(m, '?')})", justify="right")
-    extra = sorted({k for t in trials for k in t.user_attrs if k in sources and k not in metrics})
+    # per-metric proxy scores (zc_*) stay in the CSV/JSON: too many columns for a terminal
+    extra = sorted(
+        {
+            k
+            for t in trials
+            for k in t.user_attrs
+            if k in sources and k not in metrics and not k.startswith("zc_")
+        }
+    )
     for m in extra:
         table.add_column(f"{m} ({sources.get(m)})", justify="right")
     names = list(trials[0].params) if trials else []

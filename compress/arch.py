@@ -14,7 +14,9 @@ Layer types (every key not marked optional is required)::
      "channels": C}                                # channels only for prelu
     {"type": "se", "channels": C, "mid": M}        # squeeze-excite: gap, 1x1 conv + relu,
                                                    # 1x1 conv + hard sigmoid, scale
-    {"type": "maxpool" | "avgpool", "kernel": k, "stride": s, "padding": 0, "ceil_mode": false}
+    {"type": "maxpool" | "avgpool", "kernel": k, "stride": s, "padding": 0, "ceil_mode": false,
+     "count_include_pad": true}                    # the last key only for avgpool
+    {"type": "bn", "channels": C, "affine": true}  # a BatchNorm2d on its own
     {"type": "gap"}                                # global average pool, keeps (N, C, 1, 1)
     {"type": "flatten"}
     {"type": "dropout", "p": 0.1}
@@ -22,6 +24,12 @@ Layer types (every key not marked optional is required)::
     {"type": "residual", "body": [...], "shortcut": [...], "act": null}
                                                    # act(body(x) + shortcut(x)); an empty
                                                    # shortcut is the identity
+    {"type": "cell", "nodes": n, "edges": [{"from": i, "to": j, "layers": [...]}, ...]}
+                                                   # a DAG cell (NAS-Bench-201): node 0 is the
+                                                   # input, node j (0 < j < n) the sum of its
+                                                   # in-edges' layers applied to node i < j,
+                                                   # zeros when it has none; the output is node
+                                                   # n - 1. Every edge keeps the input's shape
 
 Module names follow the tree (``layers.3.body.0.conv.weight``), so a state_dict saved from a
 built network loads into the network rebuilt from the same spec.
@@ -141,6 +149,34 @@ class Residual(nn.Module):
         return self.act(y) if self.act is not None else y
 
 
+class Cell(nn.Module):
+    """A DAG cell: node j is the sum of ``edges[k](node i)`` over the edges (i, j) into it.
+
+    Node 0 is the input; a node without an in-edge is zeros of the input's shape; the output is
+    the last node. Edge ``k`` runs from ``links[k][0]`` to ``links[k][1]``; links are sorted by
+    (target, source), so module ``edges.k`` of a spec's cell is its k-th edge in that order.
+    """
+
+    def __init__(self, nodes: int, links: Sequence[tuple[int, int]], edges: Sequence[nn.Module]):
+        super().__init__()
+        ordered = sorted(links, key=lambda link: (link[1], link[0]))
+        if nodes < 2 or list(links) != ordered or any(not 0 <= i < j < nodes for i, j in links):
+            raise SpecError(f"a cell of {nodes} nodes cannot hold the edges {list(links)}")
+        self.nodes = nodes
+        self.links = [(int(i), int(j)) for i, j in links]
+        self.edges = nn.ModuleList(edges)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values: list[torch.Tensor | None] = [x] + [None] * (self.nodes - 1)
+        for (i, j), edge in zip(self.links, self.edges, strict=True):
+            # links are sorted by target, so node i is complete when an edge reads it
+            source = values[i] if values[i] is not None else torch.zeros_like(x)
+            y = edge(source)
+            values[j] = y if values[j] is None else values[j] + y
+        out = values[-1]
+        return out if out is not None else torch.zeros_like(x)
+
+
 class Network(nn.Module):
     """A standalone model built from a spec; carries the spec and its preprocessing."""
 
@@ -196,12 +232,20 @@ def build_layer(s: LayerSpec, where: str = "layer") -> nn.Module:
 
 
 def _pool(s: LayerSpec, where: str) -> nn.Module:
-    cls = nn.MaxPool2d if s["type"] == "maxpool" else nn.AvgPool2d
-    return cls(
-        int(s["kernel"]),
-        stride=int(s["stride"]),
-        padding=int(s.get("padding", 0)),
-        ceil_mode=bool(s.get("ceil_mode", False)),
+    k, stride, pad = int(s["kernel"]), int(s["stride"]), int(s.get("padding", 0))
+    ceil = bool(s.get("ceil_mode", False))
+    if s["type"] == "maxpool":
+        return nn.MaxPool2d(k, stride=stride, padding=pad, ceil_mode=ceil)
+    include = bool(s.get("count_include_pad", True))
+    return nn.AvgPool2d(k, stride=stride, padding=pad, ceil_mode=ceil, count_include_pad=include)
+
+
+def _cell(s: LayerSpec, where: str) -> nn.Module:
+    edges = sorted(s["edges"], key=lambda e: (int(e["to"]), int(e["from"])))
+    return Cell(
+        int(s["nodes"]),
+        [(int(e["from"]), int(e["to"])) for e in edges],
+        [_sequential(e["layers"], f"{where}.edges.{k}") for k, e in enumerate(edges)],
     )
 
 
@@ -236,6 +280,8 @@ _BUILDERS: dict[str, Callable[[LayerSpec, str], nn.Module]] = {
     "dropout": lambda s, w: nn.Dropout(float(s.get("p", 0.0))),
     "seq": lambda s, w: _sequential(s["layers"], f"{w}.layers"),
     "residual": _residual,
+    "bn": lambda s, w: nn.BatchNorm2d(int(s["channels"]), affine=bool(s.get("affine", True))),
+    "cell": _cell,
 }
 
 
@@ -270,7 +316,7 @@ def layer_output_shape(s: LayerSpec, shape: Shape) -> Shape:
         return sequence_output_shape(s["layers"], shape)
     if kind == "residual":
         return sequence_output_shape(s["body"], shape)
-    return shape  # act, se, dropout keep the shape
+    return shape  # act, se, dropout, bn and cell keep the shape
 
 
 def sequence_output_shape(specs: Sequence[LayerSpec], shape: Shape) -> Shape:

@@ -6,9 +6,12 @@
   table shipped in the package for the supernet and a named card (built by
   ``bench/profile_gpu.sh``); else a roofline estimate for an H100 from FLOPs and memory traffic,
   with a warning: it is an estimate, not a measurement;
-- a profile saved by ``nas hw profile --name NAME --supernet S``: the table made with it.
+- a profile saved by ``nas hw profile --name NAME --supernet S``: the table made with it;
+- ``--measure`` (:func:`measured_latency`): every candidate is timed on this machine instead, under
+  the machine-wide measurement lock, with each local worker's share of the cores.
 
-The source is always said: ``predicted`` (a lookup table, with its device) or ``roofline``.
+The source is always said: ``predicted`` (a lookup table, with its device), ``measured`` or
+``roofline``.
 This module imports torch alone.
 """
 
@@ -42,11 +45,13 @@ class SubnetLatency:
     """How ``latency_ms`` is obtained for one supernet on one hardware name."""
 
     hardware: str
-    source: str  # "predicted" (lookup table) or "roofline"
+    source: str  # "predicted" (lookup table), "measured" or "roofline"
     label: str
     batch_size: int = 1
     table: LookupTable | None = None
     gpu: str | None = None
+    #: measure_latency arguments when every candidate is timed (source "measured")
+    measure: dict[str, Any] | None = None
 
     def __call__(
         self, net: ElasticSupernet, params: Mapping[str, Any], model: nn.Module | None = None
@@ -54,11 +59,15 @@ class SubnetLatency:
         """Latency (ms) of sub-network ``params`` (``model``: its extracted network, if built)."""
         if self.table is not None:
             return self.table.predict(net, params)
-        from nas.predictors.roofline import roofline_ms
-
         r = int(params["r"])
         m = model if model is not None else net.extract(params)
         shape = (net.preprocessing.channels, r, r)
+        if self.measure is not None:
+            from nas.predictors.measure import measure_latency
+
+            return measure_latency(m, shape, **self.measure).median_ms
+        from nas.predictors.roofline import roofline_ms
+
         return roofline_ms(m, shape, gpu=self.gpu or ROOFLINE_GPU, batch_size=self.batch_size).ms
 
 
@@ -187,6 +196,36 @@ def resolve_latency(
             )
     table = table_for(net, profile, build=build and _is_here(profile), progress=progress)
     return SubnetLatency(hw, "predicted", _label(table, profile), batch_size, table=table)
+
+
+def measured_latency(hw: str, *, batch_size: int = 1, workers: int = 1) -> SubnetLatency:
+    """Time every candidate on this machine (``--measure``): ``hw`` is ``cpu`` or ``gpu``.
+
+    Timings follow :func:`nas.predictors.measure.measure_latency`'s protocol (median of 30 runs
+    after 10 warm-ups, CUDA events on a GPU) under the machine-wide lock; with ``workers``
+    local workers each uses its share of the cores (:func:`worker_threads`).
+
+    Raises:
+        ProfileError: ``hw`` is not this machine's cpu or gpu, or gpu without a CUDA device.
+    """
+    from nas.predictors.measure import worker_threads
+
+    if hw not in ("cpu", "gpu"):
+        raise ProfileError(
+            f"--measure times candidates on this machine: use --hw cpu or --hw gpu, not {hw!r}"
+        )
+    if hw == "gpu" and not torch.cuda.is_available():
+        raise ProfileError("--measure --hw gpu: no CUDA device is available here")
+    device = "cuda" if hw == "gpu" else "cpu"
+    profile = measured_profile(hw, device=device, batch_size=batch_size)
+    threads = worker_threads(workers) if workers > 1 else profile.threads
+    where = profile.gpu_model if device == "cuda" else profile.cpu_model
+    label = (
+        f"measured on {where} for every candidate (torch eager, batch {batch_size}, "
+        f"{threads} threads, median of 30 runs after 10 warm-ups)"
+    )
+    kwargs = {"device": device, "batch_size": batch_size, "threads": threads, "lock": True}
+    return SubnetLatency(hw, "measured", label, batch_size, measure=kwargs)
 
 
 def _gpu(

@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     from nas.search.space import Measurement, Params, Space
     from nas.search.strategies import Strategy, create_strategy, list_strategies, register_strategy
     from nas.search.study import SearchConfig, make_storage
-    from nas.search.task import Rejected, Task, create_task, list_tasks, register_task
+    from nas.search.task import (
+        Rejected,
+        Task,
+        TrainingFree,
+        create_task,
+        list_tasks,
+        register_task,
+    )
 
 # Imported on first use, so that ``nas.search.errors`` and ``nas.search.registry`` (needed by
 # supernets and predictors, which must import with torch alone) do not pull in optuna.
@@ -52,6 +59,7 @@ _LAZY: dict[str, str] = {
     "make_storage": "study",
     "Rejected": "task",
     "Task": "task",
+    "TrainingFree": "task",
     "create_task": "task",
     "list_tasks": "task",
     "register_task": "task",
@@ -79,6 +87,7 @@ __all__ = [
     "Space",
     "Strategy",
     "Task",
+    "TrainingFree",
     "UserError",
     "create_strategy",
     "create_task",

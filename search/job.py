@@ -40,7 +40,7 @@ from nas.search.study import (
     open_study,
     provenance,
 )
-from nas.search.task import Task
+from nas.search.task import SupportsTrainingFree, Task, TrainingFree
 
 log = logging.getLogger("nas")
 
@@ -75,6 +75,8 @@ class Prepared:
     task: Task
     objectives: tuple[Objective, ...]
     constraints: tuple[Constraint, ...]
+    #: the task's training-free knowledge, once a strategy has asked for it
+    training_free: TrainingFree | None = None
 
 
 def prepare(config: SearchConfig) -> Prepared:
@@ -96,11 +98,16 @@ def prepare(config: SearchConfig) -> Prepared:
             weights=config.weights,
             accuracy=config.accuracy,
             device=config.device,
+            **({"measure": True, "workers": config.workers} if config.measure else {}),
         )
         names = config.objectives or tuple(getattr(task, "default_objectives", DEFAULT_OBJECTIVES))
         objectives = parse_objectives(list(names))
     except ValueError as e:
         raise UserError(str(e)) from None
+    except TypeError:
+        if not config.measure:
+            raise
+        raise UserError(f"{config.supernet} does not support --measure") from None
     available = dict(task.sources())
     unavailable: dict[str, str] = dict(getattr(task, "unavailable", {}))
     for metric in [o.metric for o in objectives] + [c.metric for c in constraints]:
@@ -115,8 +122,9 @@ def prepare(config: SearchConfig) -> Prepared:
         require({o.metric for o in objectives} | {c.metric for c in constraints})
     strategy = config.strategy or str(getattr(task, "default_strategy", "tpe"))
     config = replace(config, strategy=strategy, objectives=tuple(names))
-    make_strategy(Prepared(config, task, objectives, constraints), 0)  # validate options now
-    return Prepared(config, task, objectives, constraints)
+    prepared = Prepared(config, task, objectives, constraints)
+    make_strategy(prepared, 0)  # validate options now
+    return prepared
 
 
 def _check_numbers(config: SearchConfig) -> None:
@@ -136,9 +144,10 @@ def make_strategy(p: Prepared, worker: int) -> Strategy:
     """The configured strategy; worker k > 0 gets its own seed so workers do not collide."""
     seed = p.config.seed if worker == 0 else p.config.seed + 7919 * worker
     try:
-        STRATEGIES.get(str(p.config.strategy))
+        cls = STRATEGIES.get(str(p.config.strategy))
     except ValueError as e:
         raise UserError(str(e)) from None
+    options = {**_task_knowledge(p, cls), **dict(p.config.strategy_options)}
     try:
         return create_strategy(
             str(p.config.strategy),
@@ -146,10 +155,34 @@ def make_strategy(p: Prepared, worker: int) -> Strategy:
             p.objectives,
             seed=seed,
             constrained=bool(p.constraints),
-            **dict(p.config.strategy_options),
+            **options,
         )
     except (ValueError, TypeError) as e:
         raise UserError(f"strategy {p.config.strategy!r}: {e}") from None
+
+
+def _task_knowledge(p: Prepared, cls: type[Strategy]) -> dict[str, Any]:
+    """Options a strategy class asks the job for: the run's budget, and the task's candidate pool
+    and training-free metrics (``task.training_free(config.seed)``, the same for every worker;
+    fetched once per process and kept on ``p``).
+
+    Raises:
+        UserError: the strategy needs training-free metrics and the task has none.
+    """
+    out: dict[str, Any] = {}
+    if cls.uses_budget:
+        out["budget"] = p.config.budget
+    if cls.needs_training_free:
+        if p.training_free is None:
+            if not isinstance(p.task, SupportsTrainingFree):
+                raise UserError(
+                    f"strategy {p.config.strategy} needs training-free metrics, which task "
+                    f"{p.task.name} does not provide"
+                )
+            p.training_free = p.task.training_free(p.config.seed)
+        tf = p.training_free
+        out.update(pool=tf.pool, metrics=tf.metrics, metric_names=tf.names)
+    return out
 
 
 def run_search(

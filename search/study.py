@@ -58,6 +58,7 @@ IDENTITY_FIELDS = (
     "strategy_options",
     "weights",
     "accuracy",
+    "measure",
 )
 
 
@@ -67,8 +68,10 @@ class SearchConfig:
 
     ``strategy=None`` means the task's default strategy and empty ``objectives`` the task's
     default objectives; both are resolved before storing. ``weights`` is a checkpoint of the
-    supernet, ``accuracy`` the accuracy source (``auto``, ``measured``, ``proxy``,
-    ``proxy:<name>``) and ``device`` where accuracy is measured (``cpu``, ``cuda``).
+    supernet, ``accuracy`` the accuracy source (``auto``, ``measured``,
+    ``predicted``, ``predicted:<file>``, ``proxy``, ``proxy:<name>``), ``device`` where
+    accuracy is measured (``cpu``, ``cuda``) and ``measure`` whether every candidate's latency
+    is timed on this machine instead of predicted.
     """
 
     supernet: str
@@ -91,6 +94,7 @@ class SearchConfig:
     weights: str | None = None
     accuracy: str = "auto"
     device: str = "cpu"
+    measure: bool = False
 
     @property
     def study_name(self) -> str:

@@ -7,11 +7,15 @@ Strategies never import tasks, and tasks never import strategies.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from nas.search.registry import Registry
 from nas.search.space import Measurement, Params, Space
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: where a metric came from; printed and stored with every result
 SOURCES = ("measured", "predicted", "proxy", "table", "roofline", "counted")
@@ -46,6 +50,32 @@ class Task(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description of the task's configuration, stored with the study."""
+        ...
+
+
+@dataclass(frozen=True)
+class TrainingFree:
+    """A task's training-free knowledge, for strategies that search with it (RoBoT).
+
+    Attributes:
+        pool: the candidates the strategy may propose (e.g. every architecture of a table).
+        metrics: ``metrics(candidates) -> array (len(candidates), len(names))`` of training-free
+            scores (higher = predicted better, as each metric defines it; NaN where a metric
+            failed). May be costly: strategies call it once, on first use.
+        names: the metrics' names, one per column.
+    """
+
+    pool: Sequence[Params]
+    metrics: Callable[[Sequence[Params]], np.ndarray]
+    names: tuple[str, ...]
+
+
+@runtime_checkable
+class SupportsTrainingFree(Protocol):
+    """A task that can give its candidate pool and training-free metrics (optional)."""
+
+    def training_free(self, seed: int) -> TrainingFree:
+        """The pool and metrics; ``seed`` seeds whatever the metrics draw (weights, batches)."""
         ...
 
 

@@ -12,11 +12,16 @@ failed trials are tolerated; several objectives and constraints work; and, on a 
 six-dimensional categorical problem, the mean best after a small budget is at least two
 standard errors above random search's. A deliberately bad strategy (:class:`StuckStrategy`,
 always the same candidate) must fail that last check, which proves the check can fail.
+
+A strategy that needs construction options (robot needs a candidate pool and training-free
+metrics) gets them from :data:`STRATEGY_OPTIONS`: for the fixed problem, its whole pool and
+:func:`cat_metrics`, noisy stand-ins for zero-cost proxies.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +32,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.search.objectives import Objective, parse_objectives
-from nas.search.space import Params, Space, contains, suggest
+from nas.search.space import Params, Space, contains, enumerate_space, sample, suggest
 from nas.search.strategies._base import Strategy, create_strategy
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -80,6 +85,59 @@ def cat_cost(params: Params) -> float:
     """A second, conflicting objective for the fixed problem (minimised)."""
     idx = ["abcde".index(str(params[f"x{i}"])) for i in range(N_DIMS)]
     return float(sum(idx) + 0.1 * idx[0])
+
+
+#: noise of the stand-in metrics, one row per fixed-problem candidate (product order)
+_NOISE = np.random.default_rng(99).normal(size=(N_CHOICES**N_DIMS, 2))
+
+
+def cat_metrics(candidates: Sequence[Params]) -> np.ndarray:
+    """Stand-ins for training-free metrics on the fixed problem, shape ``(n, 3)``.
+
+    Like real zero-cost proxies they correlate with the objective without deciding it:
+    ``noisy`` is :func:`cat_score` plus strong noise (standard deviation 1, as large as a good
+    choice's gain), ``additive`` is its additive part alone (no pairwise terms), and ``noise``
+    is pure noise.
+    """
+    idx = np.array([["abcde".index(str(p[f"x{d}"])) for d in range(N_DIMS)] for p in candidates])
+    idx = idx.reshape(-1, N_DIMS)
+    dims = np.arange(N_DIMS)
+    additive = _TABLE[dims, idx].sum(axis=1)
+    pairs = _PAIRS[dims[:-1], idx[:, :-1], idx[:, 1:]].sum(axis=1)
+    noise = _NOISE[idx @ N_CHOICES ** np.arange(N_DIMS - 1, -1, -1)]
+    return np.column_stack([additive + pairs + noise[:, 0], additive, noise[:, 1]])
+
+
+def training_free_options(space: Space) -> dict[str, Any]:
+    """Construction options for strategies that need a pool and training-free metrics (robot).
+
+    For the fixed problem: its whole pool (15,625 candidates) and :func:`cat_metrics`. For any
+    other space: 200 sampled candidates and two noise metrics.
+    """
+    if space == cat_space():
+        pool = [dict(p) for p in enumerate_space(space)]
+        return {
+            "pool": pool,
+            "metrics": cat_metrics,
+            "metric_names": ("noisy", "additive", "noise"),
+        }
+    rng = np.random.default_rng(5)
+    pool = [sample(space, rng) for _ in range(200)]
+
+    def noise(candidates: Sequence[Params]) -> np.ndarray:
+        return np.array(
+            [[zlib.crc32(repr(sorted(p.items())).encode()) % 997, len(str(p))] for p in candidates],
+            dtype=float,
+        )
+
+    return {"pool": pool, "metrics": noise, "metric_names": ("hash", "length")}
+
+
+#: extra construction options per strategy name: ``options(space) -> kwargs``
+STRATEGY_OPTIONS: dict[str, Callable[[Space], dict[str, Any]]] = {
+    # cheaper GP settings than robot's defaults keep the suite fast; the contract is the same
+    "robot": lambda space: {**training_free_options(space), "fit_maxiter": 20, "n_raw": 512},
+}
 
 
 def run(
@@ -201,19 +259,20 @@ def check_failures_tolerated(make: StrategyFactory, n_trials: int = 14) -> None:
 
 
 def check_multi_objective(make: StrategyFactory, n_trials: int = 14) -> None:
-    """Two objectives and a constraint: proposals stay valid and all trials complete."""
+    """Two objectives and a constraint: proposals stay valid and all trials complete.
+
+    A single-objective strategy must refuse two objectives at construction; it then runs the
+    first objective alone under the same constraint.
+    """
     objs: tuple[Objective, ...] = parse_objectives("reward,latency_ms")
+    fn: Callable[[Params], Sequence[float]] = lambda p: [cat_score(p), cat_cost(p)]  # noqa: E731
     try:
         strat = make(cat_space(), objs, seed=0, constrained=True)
     except ValueError as e:  # a single-objective strategy must say so at construction
         assert "one objective" in str(e)
-        return
-    study = run(
-        strat,
-        lambda p: [cat_score(p), cat_cost(p)],
-        n_trials,
-        constraint=lambda p: cat_cost(p) - 20.0,
-    )
+        strat = make(cat_space(), objs[:1], seed=0, constrained=True)
+        fn = lambda p: [cat_score(p)]  # noqa: E731
+    study = run(strat, fn, n_trials, constraint=lambda p: cat_cost(p) - 20.0)
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert all(contains(cat_space(), p) for p in proposals(study))
 

@@ -12,6 +12,7 @@ from nas.search.strategies import (  # noqa: F401
     linas,
     nsga2,
     reinforce,
+    robot,
     simple,
 )
 from nas.search.strategies._base import (

@@ -95,6 +95,12 @@ class Strategy(BaseSampler):
     name: ClassVar[str] = "base"
     #: whether the strategy handles several objectives (False: the runner refuses them)
     multi_objective: ClassVar[bool] = True
+    #: whether the strategy needs the task's candidate pool and training-free metrics (RoBoT);
+    #: the job then passes ``pool``, ``metrics`` and ``metric_names`` from ``task.training_free``
+    needs_training_free: ClassVar[bool] = False
+    #: whether the strategy takes a ``budget`` option (evaluations of the run), which the job
+    #: passes unless the user's strategy options set it
+    uses_budget: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -14,8 +14,13 @@ STRATEGIES = list_strategies()
 
 
 def _factory(name: str) -> conformance.StrategyFactory:
+    """Builds strategy ``name``, with the suite's construction options for it (e.g. robot's
+    candidate pool and stand-in training-free metrics)."""
+    options = conformance.STRATEGY_OPTIONS.get(name)
+
     def make(space: Any, objectives: Any, seed: int | None = None, **kw: Any) -> Strategy:
-        return create_strategy(name, space, objectives, seed=seed, **kw)
+        extra = options(space) if options is not None else {}
+        return create_strategy(name, space, objectives, seed=seed, **extra, **kw)
 
     return make
 

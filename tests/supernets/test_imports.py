@@ -14,6 +14,9 @@ for family in ("resnet50", "mobilenetv3"):
     net = load_supernet(family)
     sub = net.extract(net.smallest() | {"r": 128})
     assert sub(sub.example_input()).shape == (1, 1000)
+from nas.supernets.nb201_net import nb201_network
+cell = nb201_network("|skip_connect~0|+|none~0|nor_conv_1x1~1|+|none~0|none~1|avg_pool_3x3~2|")
+assert cell(cell.example_input()).shape == (1, 10)
 print("ok")
 """
 
