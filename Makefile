@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TYPECHECK := build/typecheck
 OFA_VERSION := 0.1.0.post202307202001
+FACENET_VERSION := 2.6.0
 
 .PHONY: all search test lint typecheck pytest bench clean
 
@@ -19,6 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# Once-for-All's code (no weights), for the checkpoint-compatibility tests; its own
 	# requirements would pull torchvision, so --no-deps (it needs only torch, numpy, pillow)
 	$(BIN)/python -m pip install -q --no-deps ofa==$(OFA_VERSION)
+	# facenet-pytorch's MTCNN R-Net / O-Net, the reference of the zoo's mtcnn_* models; its
+	# requirements pin torch<2.3 and pull torchvision, so --no-deps (the nets need only torch)
+	$(BIN)/python -m pip install -q --no-deps facenet-pytorch==$(FACENET_VERSION)
 	touch $(STAMP)
 
 search: $(STAMP)
@@ -45,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/latency_predictors.py
 	$(BIN)/python bench/latency_cpu.py
 	$(BIN)/python bench/training_free.py
+	$(BIN)/python bench/teachers.py
 
 clean:
 	rm -rf build $(VENV) nas-out nas.db nas.db-wal nas.db-shm

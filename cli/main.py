@@ -276,6 +276,66 @@ def supernet_train(
     train_command(supernet, data, out_path, resolutions, minutes, seed, device, epochs)
 
 
+@app.command("train")
+@user_errors
+def train(
+    arch: Annotated[
+        str, typer.Option(help="Zoo model (resnet20, vgg11, ...) or package.module:factory.")
+    ],
+    data: Annotated[str, typer.Option(help="mnist, digits, a folder of class folders, an .npz.")],
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
+    width: Annotated[float | None, typer.Option(help="Width multiplier of the model.")] = None,
+    arch_kwargs: Annotated[
+        str | None, typer.Option(help="More model arguments as JSON, e.g. '{\"hidden\": 128}'.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the weights, order and augmentation.")] = 0,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for <arch>-<data>.safetensors and .json.")
+    ] = Path("nas-out/teachers"),
+    minutes: Annotated[float, typer.Option(help="Time budget of the training.")] = 60.0,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, cosine decay).")] = 0.1,
+    limit: Annotated[int | None, typer.Option(help="Train on the first N images only.")] = None,
+    augment: Annotated[bool, typer.Option(help="Random shifts of up to 1/8 image.")] = True,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
+) -> None:
+    """Train a teacher model from the zoo on real data; writes safetensors + JSON (validation
+    accuracy per epoch, test accuracy at the end), loadable with nas.compress.load_model.
+
+    Example: nas train --arch resnet20 --data mnist --epochs 30
+    """
+    from nas.compress.loading import parse_kwargs
+    from nas.compress.teacher import TeacherConfig, train_command
+
+    kwargs = parse_kwargs(arch_kwargs) | ({"width": width} if width is not None else {})
+    cfg = TeacherConfig(
+        arch=arch,
+        data=data,
+        arch_kwargs=kwargs,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        augment=augment,
+        seed=seed,
+        minutes=minutes,
+        limit=limit,
+        device=device,
+    )
+    setup_logging(None, quiet=as_json)
+    weights, arch_file, origin = train_command(cfg, out_dir)
+    if as_json:
+        out.print_json(json.dumps({"weights": str(weights), "json": str(arch_file), **origin}))
+        return
+    out.print(
+        f"wrote {weights} and {arch_file}: validation top-1 {origin['val_top1']}%, "
+        f"test top-1 {origin['test_top1']}% ({origin['epochs_done']} epochs, "
+        f"{origin['seconds']:.0f} s)",
+        markup=False,
+        highlight=False,
+    )
+
+
 @app.command("export")
 @user_errors
 def export(

@@ -10,8 +10,8 @@ Layer types (every key not marked optional is required)::
     {"type": "conv", "in": C, "out": C', "kernel": k, "stride": s,
      "groups": 1, "bias": false, "bn": true, "act": null, "padding": k // 2}   # optional keys
     {"type": "linear", "in": C, "out": C', "bias": true}
-    {"type": "act", "fn": "relu" | "relu6" | "hswish" | "hsigmoid" | "sigmoid" | "prelu",
-     "channels": C}                                # channels only for prelu
+    {"type": "act", "fn": "relu" | "relu6" | "hswish" | "hsigmoid" | "sigmoid" | "prelu"
+     | "softmax", "channels": C}                   # channels only for prelu; softmax over dim 1
     {"type": "se", "channels": C, "mid": M}        # squeeze-excite: gap, 1x1 conv + relu,
                                                    # 1x1 conv + hard sigmoid, scale
     {"type": "maxpool" | "avgpool", "kernel": k, "stride": s, "padding": 0, "ceil_mode": false,
@@ -19,6 +19,7 @@ Layer types (every key not marked optional is required)::
     {"type": "bn", "channels": C, "affine": true}  # a BatchNorm2d on its own
     {"type": "gap"}                                # global average pool, keeps (N, C, 1, 1)
     {"type": "flatten"}
+    {"type": "permute", "dims": [0, 3, 2, 1]}      # dims include the batch, which stays first
     {"type": "dropout", "p": 0.1}
     {"type": "seq", "layers": [...]}
     {"type": "residual", "body": [...], "shortcut": [...], "act": null}
@@ -30,6 +31,9 @@ Layer types (every key not marked optional is required)::
                                                    # in-edges' layers applied to node i < j,
                                                    # zeros when it has none; the output is node
                                                    # n - 1. Every edge keeps the input's shape
+    {"type": "heads", "names": ["box", "prob"], "heads": [[...], [...]]}
+                                                   # several outputs from one input: a tuple,
+                                                   # one tensor per head; last layer only
 
 Module names follow the tree (``layers.3.body.0.conv.weight``), so a state_dict saved from a
 built network loads into the network rebuilt from the same spec.
@@ -55,6 +59,7 @@ ACTIVATIONS: dict[str, Callable[[int], nn.Module]] = {
     "hsigmoid": lambda c: nn.Hardsigmoid(),
     "sigmoid": lambda c: nn.Sigmoid(),
     "prelu": lambda c: nn.PReLU(c),
+    "softmax": lambda c: nn.Softmax(dim=1),
 }
 
 
@@ -177,8 +182,39 @@ class Cell(nn.Module):
         return out if out is not None else torch.zeros_like(x)
 
 
+class Permute(nn.Module):
+    """``x.permute(*dims)`` (MTCNN flattens its features in (N, W, H, C) order)."""
+
+    def __init__(self, dims: Sequence[int]):
+        super().__init__()
+        self.dims = tuple(int(d) for d in dims)
+        if sorted(self.dims) != list(range(len(self.dims))) or self.dims[:1] != (0,):
+            raise SpecError(f"permute dims {list(dims)} must reorder 0..n-1 with 0 first")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+class Heads(nn.Module):
+    """Several outputs of one input: ``tuple(head(x) for head in heads)``."""
+
+    def __init__(self, names: Sequence[str], heads: Sequence[nn.Sequential]):
+        super().__init__()
+        if len(names) != len(heads) or len(set(names)) != len(names) or not names:
+            raise SpecError(f"heads need one distinct name per head, got {list(names)}")
+        self.names = [str(n) for n in names]
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(head(x) for head in self.heads)
+
+
 class Network(nn.Module):
-    """A standalone model built from a spec; carries the spec and its preprocessing."""
+    """A standalone model built from a spec; carries the spec and its preprocessing.
+
+    The output is one tensor (logits), or a tuple when the last layer is ``heads``
+    (:attr:`output_names` names them).
+    """
 
     def __init__(self, spec: Sequence[LayerSpec], preprocessing: Preprocessing | None = None):
         super().__init__()
@@ -187,9 +223,17 @@ class Network(nn.Module):
         #: where the model came from (supernet, params, study, trial), as saved with it
         self.origin: dict[str, Any] = {}
         self.layers = _sequential(self.spec, "layers")
+        if any(s.get("type") == "heads" for s in self.spec[:-1]):
+            raise SpecError("a heads layer must be the last layer")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y: torch.Tensor = self.layers(x)
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the outputs: ``["logits"]``, or those of a final ``heads`` layer."""
+        last = self.layers[-1] if len(self.layers) else None
+        return list(last.names) if isinstance(last, Heads) else ["logits"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        y: torch.Tensor | tuple[torch.Tensor, ...] = self.layers(x)
         return y
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
@@ -259,6 +303,15 @@ def _residual(s: LayerSpec, where: str) -> nn.Module:
     )
 
 
+def _heads(s: LayerSpec, where: str) -> nn.Module:
+    heads = s["heads"]
+    if not isinstance(heads, list | tuple):
+        raise SpecError(f"{where}: heads must be a list of layer lists")
+    return Heads(
+        list(s["names"]), [_sequential(h, f"{where}.heads.{i}") for i, h in enumerate(heads)]
+    )
+
+
 def _out_channels(specs: Sequence[LayerSpec]) -> int | None:
     for s in reversed(specs):
         if "out" in s:
@@ -277,11 +330,13 @@ _BUILDERS: dict[str, Callable[[LayerSpec, str], nn.Module]] = {
     "avgpool": _pool,
     "gap": lambda s, w: GlobalAvgPool(),
     "flatten": lambda s, w: nn.Flatten(1),
+    "permute": lambda s, w: Permute(s["dims"]),
     "dropout": lambda s, w: nn.Dropout(float(s.get("p", 0.0))),
     "seq": lambda s, w: _sequential(s["layers"], f"{w}.layers"),
     "residual": _residual,
     "bn": lambda s, w: nn.BatchNorm2d(int(s["channels"]), affine=bool(s.get("affine", True))),
     "cell": _cell,
+    "heads": _heads,
 }
 
 
@@ -312,6 +367,11 @@ def layer_output_shape(s: LayerSpec, shape: Shape) -> Shape:
         return (math.prod(shape),)
     if kind == "linear":
         return (*shape[:-1], int(s["out"]))
+    if kind == "permute":
+        full = (0, *shape)
+        return tuple(full[int(d)] for d in s["dims"])[1:]
+    if kind == "heads":  # the shape of the first head's output
+        return sequence_output_shape(s["heads"][0], shape)
     if kind == "seq":
         return sequence_output_shape(s["layers"], shape)
     if kind == "residual":

@@ -141,9 +141,12 @@ def export_onnx(
     Uses torch's legacy TorchScript-based exporter (``dynamo=False``): it needs no onnxscript
     and takes a fraction of a second for small models, where the dynamo exporter took seconds.
 
+    The outputs are named by ``net.output_names`` (``logits``, or the names of a final
+    ``heads`` layer, e.g. MTCNN's ``box``, ``landmarks``, ``prob``).
+
     Returns:
-        The largest absolute difference between onnxruntime's and torch's outputs on a random
-        batch of two, or None without ``check``.
+        The largest absolute difference between onnxruntime's and torch's outputs (over all
+        outputs) on a random batch of two, or None without ``check``.
 
     Raises:
         ValueError: the outputs differ by more than ``atol``.
@@ -153,6 +156,7 @@ def export_onnx(
     out = Path(path)
     net = net.eval()
     x = net.example_input(2)
+    names = net.output_names
     fd, tmp = tempfile.mkstemp(dir=out.parent if out.parent.exists() else None, suffix=".onnx")
     os.close(fd)
     try:
@@ -161,8 +165,8 @@ def export_onnx(
             (x,),
             tmp,
             input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=names,
+            dynamic_axes={"input": {0: "batch"}} | {n: {0: "batch"} for n in names},
             opset_version=opset,
             dynamo=False,
         )
@@ -183,10 +187,13 @@ def _check_onnx(net: Network, blob: bytes, x: torch.Tensor, atol: float) -> floa
     import onnxruntime as ort
 
     session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"input": x.numpy()})
+    got = session.run(None, {"input": x.numpy()})
     with torch.no_grad():
-        want = net(x).numpy()
-    diff = float(np.max(np.abs(got - want)))
+        y = net(x)
+    want = [t.numpy() for t in (y if isinstance(y, tuple) else (y,))]
+    if len(got) != len(want):
+        raise ValueError(f"ONNX has {len(got)} outputs, torch {len(want)}")
+    diff = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True))
     if not diff <= atol:
         raise ValueError(f"ONNX output differs from torch by {diff:.2e} (> {atol:g})")
     return diff

@@ -24,30 +24,34 @@ StateDict = dict[str, torch.Tensor]
 WRAPPERS = ("state_dict", "model", "model_state_dict", "net", "weights")
 
 
-def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, str]]:
+def read_state_dict(
+    path: str | Path, *, label: str = "--weights"
+) -> tuple[StateDict, dict[str, str]]:
     """Read the tensors of ``path`` and its metadata (safetensors header; ``{}`` otherwise).
+
+    ``label`` starts every error message (the option that named the file).
 
     Raises:
         UserError: missing file, a pickle that would run code, or no state_dict inside.
     """
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"--weights {p}: no such file")
+        raise UserError(f"{label} {p}: no such file")
     if p.suffix == ".safetensors":
-        return _read_safetensors(p)
+        return _read_safetensors(p, label)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "global" not in str(e).lower():  # garbage, not a refused callable
-            raise UserError(f"--weights {p}: not a torch checkpoint (unreadable pickle)") from None
+            raise UserError(f"{label} {p}: not a torch checkpoint (unreadable pickle)") from None
         raise UserError(
-            f"--weights {p}: refused, the file holds more than tensors ({_why(e)}); "
+            f"{label} {p}: refused, the file holds more than tensors ({_why(e)}); "
             "only state_dicts are loaded"
         ) from None
     except Exception as e:  # torch raises many types for a file that is not a checkpoint
         reason = f"{type(e).__name__}: {str(e)[:120]}"
-        raise UserError(f"--weights {p}: not a torch checkpoint ({reason})") from None
-    return _unwrap(obj, p), {}
+        raise UserError(f"{label} {p}: not a torch checkpoint ({reason})") from None
+    return _unwrap(obj, p, label), {}
 
 
 def _why(e: Exception) -> str:
@@ -55,7 +59,7 @@ def _why(e: Exception) -> str:
     return lines[0][:160] if lines else "code or objects beyond tensors"
 
 
-def _read_safetensors(p: Path) -> tuple[StateDict, dict[str, str]]:
+def _read_safetensors(p: Path, label: str) -> tuple[StateDict, dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -63,10 +67,10 @@ def _read_safetensors(p: Path) -> tuple[StateDict, dict[str, str]]:
             meta = dict(f.metadata() or {})
             return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"--weights {p}: not a safetensors file ({str(e)[:160]})") from None
+        raise UserError(f"{label} {p}: not a safetensors file ({str(e)[:160]})") from None
 
 
-def _unwrap(obj: Any, p: Path) -> StateDict:
+def _unwrap(obj: Any, p: Path, label: str) -> StateDict:
     for _ in range(3):
         tensors_only = all(isinstance(v, torch.Tensor) for v in getattr(obj, "values", list)())
         if isinstance(obj, Mapping) and obj and tensors_only:
@@ -80,7 +84,7 @@ def _unwrap(obj: Any, p: Path) -> StateDict:
             if tensors:
                 return _strip_prefix(tensors)
         break
-    raise UserError(f"--weights {p}: not a state_dict (found {type(obj).__name__})")
+    raise UserError(f"{label} {p}: not a state_dict (found {type(obj).__name__})")
 
 
 def _strip_prefix(sd: StateDict) -> StateDict:
@@ -97,10 +101,12 @@ def load_into(
     source: str = "--weights",
     convert: Callable[[StateDict], StateDict] | None = None,
     ignore: tuple[str, ...] = (),
+    display: Callable[[str], str] | None = None,
 ) -> None:
     """Copy ``sd`` into ``model`` after checking every key and shape.
 
-    Keys ending in one of ``ignore`` (e.g. ``num_batches_tracked``) may be absent.
+    Keys ending in one of ``ignore`` (e.g. ``num_batches_tracked``) may be absent. ``display``
+    turns the model's key names into the checkpoint's for messages (after a renaming).
 
     Raises:
         UserError: a missing or unexpected key, or a tensor whose shape does not fit; the message
@@ -109,15 +115,16 @@ def load_into(
     if convert is not None:
         sd = convert(sd)
     own = model.state_dict()
+    shown = display or (lambda k: k)
     for key, want in own.items():
         if key not in sd:
             if key.endswith(ignore):
                 continue
-            raise UserError(f"{source}: key {key!r} is missing from the checkpoint")
+            raise UserError(f"{source}: key {shown(key)!r} is missing from the checkpoint")
         if tuple(sd[key].shape) != tuple(want.shape):
             raise UserError(
-                f"{source}: tensor {key!r} has shape {tuple(sd[key].shape)} in the checkpoint "
-                f"but {tuple(want.shape)} in the model"
+                f"{source}: tensor {shown(key)!r} has shape {tuple(sd[key].shape)} in the "
+                f"checkpoint but {tuple(want.shape)} in the model"
             )
     extra = [k for k in sd if k not in own]
     if extra:

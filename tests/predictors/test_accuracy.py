@@ -95,15 +95,13 @@ def test_search_with_predicted_accuracy(tmp_path: Path, monkeypatch: pytest.Monk
     assert result.sources["top1"] == "predicted"
     for t in result.study.trials:
         assert t.user_attrs["top1"] == pytest.approx(float(model.predict([t.params])[0]))
-    bad = run_nas(
-        "search", "--supernet", "resnet50", "--hw", "gpu", "--budget", "1",
-        "--accuracy", f"predicted:{tmp_path / 'acc.json'}",
-    )  # fmt: skip
-    assert bad.returncode == 2 and "fitted on another space" in bad.stderr
-    missing = run_nas(
-        "search", "--supernet", "mobilenetv3", "--hw", "gpu", "--accuracy", "predicted"
-    )
-    assert missing.returncode == 2 and "give trained --weights and --data" in missing.stderr
+    from nas.search.errors import UserError
+    from nas.supernets.subnet_task import SubnetTask
+
+    with pytest.raises(UserError, match="fitted on another space"):
+        SubnetTask("resnet50", accuracy=f"predicted:{tmp_path / 'acc.json'}")
+    with pytest.raises(UserError, match="give trained --weights and --data"):
+        SubnetTask("mobilenetv3", accuracy="predicted")
 
 
 def test_predicted_accuracy_fits_once_and_is_cached(

@@ -43,8 +43,8 @@ def _placeholder(name: str) -> type:
     return type(name, (), {"__init__": lambda self, *a, **k: None})
 
 
-def _register_standins() -> None:
-    for name in _STANDINS:
+def _register_standins(names: tuple[str, ...] = _STANDINS) -> None:
+    for name in names:
         if name in sys.modules and not getattr(sys.modules[name], "_nas_standin", False):
             continue  # a real torchvision (or an earlier stand-in) is already there
         mod = types.ModuleType(name)

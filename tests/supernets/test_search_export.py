@@ -33,6 +33,8 @@ def test_resnet50_search_and_export(tmp_path: Path) -> None:
         "5",
         "--strategy",
         "random",
+        "--accuracy",
+        "proxy:naswot",  # the default ensemble is covered in tests/predictors/test_ensemble.py
         "--json",
         timeout=300,
     )
@@ -54,7 +56,8 @@ def test_resnet50_search_and_export(tmp_path: Path) -> None:
     bound = sorted(p["latency_ms"] for p in doc["pareto"])[0] * 1.0001
     r = run_nas(
         "search", "--supernet", "resnet50", "--hw", "gpu", "--budget", "5", "--strategy",
-        "random", "--json", "--pick", f"latency_ms<={bound}", timeout=300,
+        "random", "--accuracy", "proxy:naswot", "--json", "--pick", f"latency_ms<={bound}",
+        timeout=300,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     picked = json.loads(r.stdout)["pick"]
