@@ -83,6 +83,7 @@ def test_train_checkpoints_every_phase_and_resumes(
     depth_weights = load_supernet("mobilenetv3", tmp_path / "mbv3.depth.safetensors").state_dict()
     expand.unlink()
     out.unlink()
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="nas"):
         again = Trainer(cfg, out).run()
     messages = [r.getMessage() for r in caplog.records]
