@@ -75,7 +75,7 @@ def test_search_with_predicted_accuracy(tmp_path: Path, monkeypatch: pytest.Monk
     r = run_nas(
         "predictor", "fit", "mobilenetv3", "--weights", str(tmp_path / "w.safetensors"),
         "--data", "digits", "--samples", "6", "--out", str(tmp_path / "acc.json"), "--json",
-        NAS_HOME=str(tmp_path / "home"),
+        timeout=300, NAS_HOME=str(tmp_path / "home"),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
