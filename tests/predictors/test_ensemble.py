@@ -66,5 +66,6 @@ def test_default_proxy_is_the_ensemble(tmp_path: Path, monkeypatch: pytest.Monke
             m["params_m"]
         )
         assert m["top1"] == pytest.approx(task.ensemble.combine(zc, task._reference))
-    # repeatable; torch's multi-threaded float32 reductions may move the last digits (~1e-11)
-    assert task.evaluate(params[0]) == pytest.approx(task.evaluate(params[0]), rel=1e-9)
+    # repeatable; torch's multi-threaded float32 reductions move the last digits, and the
+    # min-max normalisation over reference sub-networks amplifies that (seen: 1e-9 relative)
+    assert task.evaluate(params[0]) == pytest.approx(task.evaluate(params[0]), rel=1e-6)
