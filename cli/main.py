@@ -5,17 +5,16 @@ Bad input ends with one ``error: ...`` line on stderr and exit status 2, never a
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from nas.cli.output import ProgressReporter, err, out, setup_logging, trials_table
-from nas.search.errors import UserError
+from nas.cli._args import parse_duration, parse_options, user_errors
+from nas.cli.compress_cmd import compress as compress_command
+from nas.cli.output import ProgressReporter, out, setup_logging, trials_table
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,50 +49,7 @@ predictor_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(predictor_app, name="predictor")
-
-
-def user_errors(fn: F) -> F:
-    """Turn a :class:`UserError` (or a file error) into one line and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            err.print(f"error: {e}", markup=False, highlight=False)
-            raise typer.Exit(2) from None
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
-            err.print(f"error: {e.strerror}: {e.filename}", markup=False, highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-
-
-def parse_duration(text: str | None) -> float | None:
-    """``90s``, ``10m``, ``8h``, ``1d`` or plain seconds → seconds."""
-    if text is None:
-        return None
-    m = _DURATION.match(text)
-    if not m:
-        raise UserError(f"duration {text!r} must look like 90s, 10m or 8h")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-
-
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """``key=value`` strategy options; values are read as JSON when they parse, else text."""
-    out_: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"strategy option {item!r} must look like key=value")
-        try:
-            out_[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out_[key.replace("-", "_")] = value
-    return out_
+app.command("compress")(compress_command)
 
 
 @app.command()

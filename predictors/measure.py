@@ -370,6 +370,43 @@ def _timing(times: list[float], backend: str, device: str, batch_size: int, thre
     )
 
 
+def measure_onnx_file(
+    path: str | Path,
+    input_shape: tuple[int, ...],
+    *,
+    batch_size: int = 1,
+    threads: int | None = None,
+    warmup: int = 10,
+    runs: int = 30,
+    lock: bool = True,
+) -> Timing:
+    """Time an ONNX file with onnxruntime on this CPU (same protocol as
+    :func:`measure_latency`): a random float32 input of ``(batch_size, *input_shape)`` fed to
+    its first input.
+
+    Raises:
+        MeasureError: a bad argument, or a file onnxruntime cannot load.
+    """
+    import onnxruntime as ort
+
+    _check_args("onnxruntime", "cpu", batch_size, threads, warmup, runs)
+    n = threads if threads is not None else available_cores()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = n
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise MeasureError(f"{path}: onnxruntime cannot load it ({e})") from None
+    feed = {session.get_inputs()[0].name: np.random.rand(batch_size, *input_shape).astype("f4")}
+    runner = _Runner(lambda: session.run(None, feed), _no_sync)
+    with measurement_lock() if lock else _nothing():
+        times = _time_runs(runner, warmup, runs)
+    return _timing(times, "onnxruntime", "cpu", batch_size, n)
+
+
 def noise_floor(
     model: nn.Module, input_shape: tuple[int, ...], repeats: int = 10, **measure_kwargs: Any
 ) -> NoiseFloor:

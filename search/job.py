@@ -85,21 +85,10 @@ def prepare(config: SearchConfig) -> Prepared:
     Raises:
         UserError: unknown supernet, strategy, metric or hardware; bad numbers.
     """
-    from nas.supernets import create_supernet
-
     _check_numbers(config)
     try:
         constraints = tuple(parse_constraint(c) for c in config.constraints)
-        task = create_supernet(
-            config.supernet,
-            hw=config.hw,
-            data=config.data,
-            batch_size=config.batch_size,
-            weights=config.weights,
-            accuracy=config.accuracy,
-            device=config.device,
-            **({"measure": True, "workers": config.workers} if config.measure else {}),
-        )
+        task = _create_task(config)
         names = config.objectives or tuple(getattr(task, "default_objectives", DEFAULT_OBJECTIVES))
         objectives = parse_objectives(list(names))
     except ValueError as e:
@@ -114,7 +103,7 @@ def prepare(config: SearchConfig) -> Prepared:
         if metric not in available:
             why = f" ({unavailable[metric]})" if metric in unavailable else ""
             raise UserError(
-                f"{config.supernet} does not measure {metric!r}{why}; it measures: "
+                f"{config.task or config.supernet} does not measure {metric!r}{why}; it measures: "
                 + ", ".join(available)
             )
     require = getattr(task, "require", None)
@@ -125,6 +114,38 @@ def prepare(config: SearchConfig) -> Prepared:
     prepared = Prepared(config, task, objectives, constraints)
     make_strategy(prepared, 0)  # validate options now
     return prepared
+
+
+def _create_task(config: SearchConfig) -> Task:
+    """The supernet task, or the registered task ``config.task`` with its options."""
+    from nas.supernets import create_supernet
+
+    if config.task is not None:
+        import nas.compress  # noqa: F401  (registers the compression methods)
+        from nas.search.task import TASKS
+
+        try:
+            factory = TASKS.get(config.task)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        return factory(
+            hw=config.hw,
+            data=config.data,
+            batch_size=config.batch_size,
+            device=config.device,
+            seed=config.seed,
+            **dict(config.task_options),
+        )
+    return create_supernet(
+        config.supernet,
+        hw=config.hw,
+        data=config.data,
+        batch_size=config.batch_size,
+        weights=config.weights,
+        accuracy=config.accuracy,
+        device=config.device,
+        **({"measure": True, "workers": config.workers} if config.measure else {}),
+    )
 
 
 def _check_numbers(config: SearchConfig) -> None:

@@ -29,6 +29,8 @@ METRICS: dict[str, tuple[Direction, str]] = {
     "sparsity": ("maximize", "fraction of zero weights, 0-1"),
     "error": ("minimize", "fitting error"),
     "reward": ("maximize", "a plugin's scalar reward"),
+    "cosine": ("maximize", "smallest cosine similarity of any output head to the original, 0-1"),
+    "max_abs_diff": ("minimize", "largest absolute output difference to the original"),
 }
 
 #: the objectives of a task that does not name its own

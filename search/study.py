@@ -59,6 +59,8 @@ IDENTITY_FIELDS = (
     "weights",
     "accuracy",
     "measure",
+    "task",
+    "task_options",
 )
 
 
@@ -71,7 +73,9 @@ class SearchConfig:
     supernet, ``accuracy`` the accuracy source (``auto``, ``measured``,
     ``predicted``, ``predicted:<file>``, ``proxy``, ``proxy:<name>``), ``device`` where
     accuracy is measured (``cpu``, ``cuda``) and ``measure`` whether every candidate's latency
-    is timed on this machine instead of predicted.
+    is timed on this machine instead of predicted. ``task`` names a registered task (a
+    compression method) to run instead of a supernet, built with ``task_options``; ``supernet``
+    then only labels the study.
     """
 
     supernet: str
@@ -95,11 +99,17 @@ class SearchConfig:
     accuracy: str = "auto"
     device: str = "cpu"
     measure: bool = False
+    task: str | None = None
+    task_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def study_name(self) -> str:
-        """``--study`` or ``<supernet>-<hw>-<objectives>``."""
-        return self.study or f"{self.supernet}-{self.hw}-{','.join(self.objectives)}"
+        """``--study``, or ``<supernet>-<hw>-<objectives>`` (``<task>-<supernet>-...`` for a
+        registered task such as a compression method, where ``supernet`` labels the model)."""
+        if self.study:
+            return self.study
+        prefix = f"{self.task}-" if self.task else ""
+        return f"{prefix}{self.supernet}-{self.hw}-{','.join(self.objectives)}"
 
     @property
     def storage_url(self) -> str:
@@ -115,6 +125,7 @@ class SearchConfig:
         d["objectives"] = list(self.objectives)
         d["constraints"] = list(self.constraints)
         d["strategy_options"] = dict(self.strategy_options)
+        d["task_options"] = dict(self.task_options)
         return {"schema": SCHEMA_VERSION, **d}
 
     @classmethod
