@@ -133,6 +133,11 @@ class CompressionTask(ABC):
         bad: Any = high + 1 if isinstance(high, int | float) else "no-such-choice"
         return {k: (bad if k == name else _any(d)) for k, d in self.space().items()}
 
+    def initial_candidates(self) -> list[Params]:
+        """Candidates evaluated first in a new study (none by default); the strategy takes over
+        after them."""
+        return []
+
     def options(self) -> dict[str, Any]:
         """The method's own settings, stored with the study."""
         return {}

@@ -230,6 +230,7 @@ def run_search(
     study = open_study(p.config, storage, [o.direction for o in p.objectives], prov)
     reason: str | None = None
     reap_dead(study)
+    _warm_start(p, study)
     if evaluated(study) < p.config.budget:
         if p.config.workers == 1:
             reason = _run_here(p, study, progress, handle_signals)
@@ -246,6 +247,16 @@ def run_search(
         files=files,
         seconds=time.monotonic() - start,
     )
+
+
+def _warm_start(p: Prepared, study: optuna.Study) -> None:
+    """Queue the task's starting candidates (``task.initial_candidates()``, optional) once, in a
+    study with no trials yet; they count against the budget like any other."""
+    initial = getattr(p.task, "initial_candidates", None)
+    if initial is None or study.get_trials(deepcopy=False):
+        return
+    for params in list(initial())[: p.config.budget]:
+        study.enqueue_trial(dict(params), skip_if_exists=True)
 
 
 def _run_here(

@@ -262,6 +262,11 @@ def test_mtcnn_by_drift(tmp_path: Path) -> None:
     assert [d["head"] for d in s["int8"]["drift"]] == ["box", "prob"]
     names = [o.name for o in ort.InferenceSession(str(out / "model.onnx")).get_outputs()]
     assert names == ["box", "prob"]
+    # a new study starts with the method's own starting candidates
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    task = create_task("magnitude", checkpoint=str(WEIGHTS / "rnet.pt"), arch="mtcnn_rnet")
+    first = [{k: t[k] for k in ("channels_pct", "sparsity_pct")} for t in trials]
+    assert first == task.initial_candidates()
 
 
 @pytest.mark.parametrize(
