@@ -47,12 +47,12 @@ def parse_duration(text: str | None) -> float | None:
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:
-    """``key=value`` strategy options; values are read as JSON when they parse, else text."""
+    """``key=value`` options; values are read as JSON when they parse, else text."""
     out_: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"strategy option {item!r} must look like key=value")
+            raise UserError(f"option {item!r} must look like key=value")
         try:
             out_[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:

@@ -56,6 +56,13 @@ def compress(
         int, typer.Option(help="Distil the selected model from the original.")
     ] = 0,
     int8: Annotated[bool, typer.Option("--int8", help="Also write an INT8 ONNX model.")] = False,
+    sparsity: Annotated[
+        float | None, typer.Option(help="Target sparsity, for methods that take one (jackpot).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Method option key=value (e.g. search_epochs=5); repeatable."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
     storage: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL (default sqlite:///nas.db) or :memory:.")
@@ -101,6 +108,7 @@ def compress(
         batch_size=batch_size,
         device=device,
         strategy_options=parse_options(option or []),
+        method_options=_method_options(set_ or [], sparsity),
         max_drop=max_drop,
         min_cosine=min_cosine,
         select=select,
@@ -127,6 +135,13 @@ def compress(
         raise typer.Exit(130 if (result.search.reason or "").startswith("interrupted") else 1)
     if result.report["selected"] is None:
         raise typer.Exit(1)
+
+
+def _method_options(items: list[str], sparsity: float | None) -> dict[str, Any]:
+    options = parse_options(items)
+    if sparsity is not None:
+        options["sparsity"] = sparsity
+    return options
 
 
 def _print(report: dict[str, Any], files: dict[str, Path]) -> None:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from nas.compress import jackpot as _jackpot  # noqa: F401  (registers the method)
 from nas.compress import magnitude as _magnitude  # noqa: F401  (registers the method)
 from nas.compress.arch import Network, Preprocessing, build
 from nas.compress.loading import build_model, load_checkpoint

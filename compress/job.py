@@ -69,6 +69,7 @@ class CompressConfig:
     batch_size: int | None = None
     device: str = "cpu"
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
+    method_options: Mapping[str, Any] = field(default_factory=dict)
     max_drop: float = 1.0
     min_cosine: float = 0.99
     select: str | None = None
@@ -106,6 +107,10 @@ class CompressConfig:
             "arch": self.arch,
             "arch_kwargs": self.arch_kwargs,
         }
+        clash = set(self.method_options) & (set(options) | {"hw", "data", "device", "seed"})
+        if clash:
+            raise UserError(f"--set {sorted(clash)[0]}: not a method option")
+        options.update(self.method_options)
         return SearchConfig(
             supernet=path.with_suffix("").name,
             hw=self.hw,

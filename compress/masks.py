@@ -58,7 +58,7 @@ def layer_rates(model: nn.Module, sparsity: float, allocation: Allocation) -> di
     if allocation != "global":
         raise ValueError(f"unknown allocation {allocation!r}; known: global, uniform")
     mags = torch.cat([_weight(m).abs().flatten() for m in layers.values()])
-    n_prune = int(round(sparsity * mags.numel()))
+    n_prune = round(sparsity * mags.numel())
     if n_prune == 0:
         return dict.fromkeys(layers, 0.0)
     # rank all weights at once; the n_prune smallest are pruned (ties broken by position)
@@ -75,7 +75,7 @@ def layer_rates(model: nn.Module, sparsity: float, allocation: Allocation) -> di
 
 def _count(m: nn.Module, rate: float) -> int:
     """Weights of ``m`` pruned at ``rate`` (rounded)."""
-    return int(round(rate * _weight(m).numel()))
+    return round(rate * _weight(m).numel())
 
 
 def magnitude_masks(model: nn.Module, rates: Mapping[str, float]) -> dict[str, torch.Tensor]:
@@ -94,9 +94,10 @@ def magnitude_masks(model: nn.Module, rates: Mapping[str, float]) -> dict[str, t
 def restrict(scores: torch.Tensor, mask: torch.Tensor, fraction: float = 1.0) -> int:
     """Update ``mask`` in place from ``scores`` under the short restriction; returns the swaps.
 
-    With τ the score at the pruning quantile (the (k+1)-th best score, k = kept weights: the best
-    score a weight outside a fresh top-k could have), pruned weights scoring above τ may come in and kept weights scoring at or below τ may go out, in equal numbers: the best
-    ``floor(fraction * min(#in, #out))`` newcomers replace the same number of the worst kept.
+    τ is the score at the pruning quantile: the (k+1)-th best score, k = kept weights (the best
+    score a weight outside a fresh top-k could have). Pruned weights scoring above τ may come in
+    and kept weights scoring at or below τ may go out, in equal numbers: the best
+    ``ceil(fraction * min(#in, #out))`` newcomers replace as many of the worst kept weights.
     The number of kept weights never changes.
     """
     flat_s, flat_m = scores.detach().flatten(), mask.view(-1)
@@ -106,7 +107,7 @@ def restrict(scores: torch.Tensor, mask: torch.Tensor, fraction: float = 1.0) ->
     tau = torch.topk(flat_s, k + 1, sorted=True).values[-1]
     incoming = (~flat_m & (flat_s > tau)).nonzero().flatten()
     outgoing = (flat_m & (flat_s <= tau)).nonzero().flatten()
-    n = int(math.floor(fraction * min(len(incoming), len(outgoing))))
+    n = math.ceil(fraction * min(len(incoming), len(outgoing)))
     if n == 0:
         return 0
     best_in = incoming[torch.topk(flat_s[incoming], n).indices]
@@ -118,6 +119,8 @@ def restrict(scores: torch.Tensor, mask: torch.Tensor, fraction: float = 1.0) ->
 
 class _Masked(nn.Module):
     """Parametrisation ``weight -> weight * (mask + scores - scores.detach())``."""
+
+    mask: torch.Tensor
 
     def __init__(self, mask: torch.Tensor, scores: torch.Tensor):
         super().__init__()
@@ -143,7 +146,9 @@ class MaskedWeights:
             mask = masks[n].to(torch.bool)
             scores = torch.where(mask, KEPT_SCORE, PRUNED_SCORE).to(_weight(m).dtype)
             parametrize.register_parametrization(m, "weight", _Masked(mask, scores))
-            m.parametrizations.weight.original.requires_grad_(False)  # type: ignore[union-attr,operator]
+            original = m.parametrizations.weight.original  # type: ignore[union-attr]
+            assert isinstance(original, torch.Tensor)
+            original.requires_grad_(False)
 
     def _param(self, name: str) -> _Masked:
         p = self.layers[name].parametrizations.weight[0]  # type: ignore[index,union-attr]

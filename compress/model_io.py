@@ -55,16 +55,22 @@ def model_document(net: Network, origin: Mapping[str, Any] | None = None) -> dic
 def save_model(
     net: Network, path: str | Path, origin: Mapping[str, Any] | None = None
 ) -> tuple[Path, Path]:
-    """Write ``net`` as ``<stem>.safetensors`` + ``<stem>.json``; returns both paths."""
+    """Write ``net`` as ``<stem>.safetensors`` + ``<stem>.json``; returns both paths.
+
+    Weights that are mostly zeros (pruned) are stored sparsely (flat indices and values, see
+    :mod:`nas.compress.sparse_io`); every reader of this project restores them dense.
+    """
     from safetensors.torch import save
+
+    from nas.compress.sparse_io import to_sparse
 
     base = Path(path)
     stem = base.with_suffix("") if base.suffix in (".safetensors", ".json") else base
     doc = model_document(net, origin)
     text = json.dumps(doc, indent=1)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    tensors, sparse_meta = to_sparse(net.state_dict())
     weights, arch = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    atomic_write_bytes(weights, save(tensors, metadata={FORMAT: text}))
+    atomic_write_bytes(weights, save(tensors, metadata={FORMAT: text, **sparse_meta}))
     atomic_write_bytes(arch, (text + "\n").encode())
     return weights, arch
 
@@ -106,8 +112,9 @@ def load_model(path: str | Path) -> Network:
     Raises:
         ModelFileError: missing files, another format version, or tensors that do not fit.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
+
+    from nas.compress.sparse_io import to_dense
 
     doc, weights = _read_document(Path(path))
     try:
@@ -115,9 +122,10 @@ def load_model(path: str | Path) -> Network:
     except (SpecError, KeyError) as e:
         raise ModelFileError(f"{weights.with_suffix('.json')}: {e}") from None
     try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError) as e:
-        raise ModelFileError(f"{weights}: not a safetensors file ({e})") from None
+        with safe_open(str(weights), framework="pt") as f:
+            tensors = to_dense({k: f.get_tensor(k) for k in f.keys()}, f.metadata())  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFileError(f"{weights}: not a readable safetensors file ({e})") from None
     own = net.state_dict()
     for key, want in own.items():
         got = tensors.get(key)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -128,14 +129,20 @@ def _create_task(config: SearchConfig) -> Task:
             factory = TASKS.get(config.task)
         except ValueError as e:
             raise UserError(str(e)) from None
-        return factory(
-            hw=config.hw,
-            data=config.data,
-            batch_size=config.batch_size,
-            device=config.device,
-            seed=config.seed,
-            **dict(config.task_options),
-        )
+        try:
+            return factory(
+                hw=config.hw,
+                data=config.data,
+                batch_size=config.batch_size,
+                device=config.device,
+                seed=config.seed,
+                **dict(config.task_options),
+            )
+        except TypeError as e:
+            m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+            if m is None:
+                raise
+            raise UserError(f"{config.task} takes no option {m.group(1)!r}") from None
     return create_supernet(
         config.supernet,
         hw=config.hw,

@@ -62,10 +62,13 @@ def _why(e: Exception) -> str:
 def _read_safetensors(p: Path, label: str) -> tuple[StateDict, dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
+    from nas.compress.sparse_io import to_dense
+
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        return to_dense(tensors, meta), meta  # pruned weights stored sparsely by nas
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{label} {p}: not a safetensors file ({str(e)[:160]})") from None
 

@@ -26,22 +26,10 @@ from nas.compress.pruning import (
     prune_unstructured,
     respec,
 )
-from nas.compress.teacher import TeacherConfig, train_teacher
 from nas.compress.testing import check_method
 from nas.search.task import create_task
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "compress" / "data" / "weights"
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A resnet20 (width 0.25) trained for 2 epochs on 640 digits, saved by nas."""
-    cfg = TeacherConfig(
-        arch="resnet20", data="digits", arch_kwargs={"width": 0.25}, epochs=2, limit=640
-    )
-    net, origin = train_teacher(cfg)
-    weights, _ = save_model(net, tmp_path_factory.mktemp("teacher") / "r20", origin)
-    return weights
 
 
 def test_channel_surgery_equals_zeroing_the_same_channels() -> None:
