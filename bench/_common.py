@@ -155,3 +155,18 @@ class Deadline:
     def passed(self) -> bool:
         """True once the time is up (never when no limit was given)."""
         return self.seconds is not None and time.monotonic() - self.start >= self.seconds
+
+
+def teacher_weights(teacher: str) -> Path:
+    """The model file of a ``bench/teachers.py`` teacher (seed 0), trained first if missing."""
+    import sys
+
+    folder = ROOT / "build" / "bench" / "teachers" / f"{teacher}-seed0"
+    if not list(folder.glob("*.safetensors")):
+        subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "teachers.py"), "--only", teacher], check=True
+        )
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one teacher model in {folder}, found {len(found)}")
+    return found[0]

@@ -14,9 +14,10 @@ Teachers come from ``bench/teachers.py`` (trained first if their weights are mis
 nets (facenet-pytorch's weights, shipped) have no task data: they are judged by output drift
 (smallest model whose every head keeps cosine >= 0.99 on the 1,024 probes).
 
-Targets (what we aim at, judged per row): with data, the selected model keeps top-1 within
-``--max-drop`` of the original on the *test* split too (the selection used validation) and has at
-most half the original's non-zero parameters; by drift, at most 80 % of the non-zero parameters.
+Targets (what we aim at, judged per row): with data, the shipped model (after fine-tuning, where
+the row fine-tunes) keeps test top-1 within 1 point of the original's (the selection used the
+validation split) with at most half the original's non-zero parameters; by drift, at most 80 %
+of the non-zero parameters.
 Exit status 1 when a run crashed, 0 otherwise (a MISS is not a failure).
 """
 
@@ -44,6 +45,7 @@ from _common import (
     md_table,
     now_iso,
     read_results,
+    teacher_weights,
     write_json_atomic,
     write_text_atomic,
 )
@@ -51,7 +53,6 @@ from _common import (
 NAME = "compress_magnitude"
 NAS = [sys.executable, "-m", "nas.cli.main"]
 WORK = ROOT / "build" / "bench" / NAME
-TEACHERS = ROOT / "build" / "bench" / "teachers"
 WEIGHTS = ROOT / "compress" / "data" / "weights"
 
 
@@ -68,11 +69,15 @@ class Config:
     max_drop: float = 1.0
     finetune_epochs: int = 0
     params_target: float = 0.5  # selected non-zero params / original's, at most
+    judge_drop: float = 1.0  # test top-1 points the shipped model may lose (target)
 
 
 CONFIGS = (
     Config("resnet20-mnist", "resnet20-mnist", data="mnist"),
-    Config("resnet20-mnist-ft", "resnet20-mnist", data="mnist", max_drop=1.0, finetune_epochs=3),
+    # select within 4 points, then distil: does fine-tuning bring a smaller model back within 1?
+    Config(
+        "resnet20-mnist-drop4-ft", "resnet20-mnist", data="mnist", max_drop=4.0, finetune_epochs=5
+    ),
     Config("resnet32-mnist", "resnet32-mnist", data="mnist"),
     Config("vgg11-w0.5-mnist", "vgg11-w0.5-mnist", data="mnist"),
     Config("mobilenetv2-w0.5-mnist", "mobilenetv2-w0.5-mnist", data="mnist"),
@@ -88,16 +93,7 @@ def checkpoint(c: Config) -> Path:
     if c.teacher is None:
         assert c.checkpoint is not None
         return WEIGHTS / c.checkpoint
-    folder = TEACHERS / f"{c.teacher}-seed0"
-    if not list(folder.glob("*.safetensors")):
-        subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "teachers.py"), "--only", c.teacher],
-            check=True,
-        )
-    found = sorted(folder.glob("*.safetensors"))
-    if len(found) != 1:
-        raise RuntimeError(f"expected one teacher model in {folder}, found {len(found)}")
-    return found[0]
+    return teacher_weights(c.teacher)
 
 
 def run(c: Config, seed: int) -> dict[str, Any]:
@@ -128,6 +124,7 @@ def run(c: Config, seed: int) -> dict[str, Any]:
         "selection": report["selection"]["rule"],
         "finetune_epochs": c.finetune_epochs,
         "max_drop": c.max_drop,
+        "judge_drop": c.judge_drop,
         "params_target": c.params_target,
         "original": _condense(o),
         "selected": None
@@ -170,7 +167,7 @@ def verdict(r: dict[str, Any]) -> str:
     if r["data"]:
         # the selection drop bar, on the test split
         drop = o["test_top1"] - s["test_top1"]
-        return "PASS" if small and drop <= r["max_drop"] else "MISS"
+        return "PASS" if small and drop <= r.get("judge_drop", r["max_drop"]) else "MISS"
     return "PASS" if small else "MISS"
 
 
@@ -199,8 +196,9 @@ def report(where: Path, md: Path) -> None:
         "to the original on 512 noise + 512 digit-crop probes.\n"
         "- Latency: median of 30 runs after 10 warm-ups, batch 1, all cores of this CPU; torch "
         "eager and onnxruntime (FP32 and the INT8 QDQ model).\n"
-        "- Target: selected model within the drop bar on test and <= 50 % of the original's "
-        "non-zero parameters (by drift: cosine >= 0.99 and <= 80 %).\n\n"
+        "- Target: the shipped model within 1 point of the original's test top-1 and <= 50 % of "
+        "its non-zero parameters (by drift: cosine >= 0.99 and <= 80 %). Rows named `-ft` "
+        "distil the selected model from the original; `drop4` selects within 4 points first.\n\n"
     )
     rows = []
     for r in records:

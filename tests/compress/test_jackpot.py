@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -116,3 +117,30 @@ def test_nas_compress_jackpot_command(teacher: Path, tmp_path: Path) -> None:
     )
     bad = CliRunner().invoke(app, [*args[:2], "--set", "bogus=1", "--data", "digits"])
     assert bad.exit_code == 2 and "magnitude takes no option 'bogus'" in bad.output
+
+
+def test_imp_prunes_a_fifth_per_round_and_keeps_pruned_weights_zero() -> None:
+    from nas.compress.lottery import IMPSettings, iterative_magnitude_pruning
+
+    torch.manual_seed(0)
+    init = create_model("resnet20", width=0.25, in_channels=1)
+    seen: list[torch.nn.Module] = []
+
+    def evaluate(net: torch.nn.Module) -> dict[str, float]:
+        seen.append(copy.deepcopy(net))
+        return {
+            "nnz": float(sum(int(torch.count_nonzero(m.weight)) for m in prunable(net).values()))
+        }
+
+    settings = IMPSettings(rounds=2, epochs=1, rewind_epochs=1)
+    rows = iterative_magnitude_pruning(init, "digits", settings, evaluate=evaluate)
+    assert [r["round"] for r in rows] == [0, 1, 2] and rows[-1]["epochs_trained"] == 3
+    total = sum(m.weight.numel() for m in prunable(init).values())
+    for r, want in zip(rows, (0.0, 0.2, 0.36), strict=True):
+        assert r["sparsity"] == pytest.approx(want, abs=1e-3)
+        assert r["nnz"] <= round((1 - want) * total) + 1
+    # a weight pruned in round 1 is still zero after round 2's training
+    w1 = {n: m.weight.detach() for n, m in prunable(seen[1]).items()}
+    w2 = {n: m.weight.detach() for n, m in prunable(seen[2]).items()}
+    assert all(bool((w2[n][w1[n] == 0] == 0).all()) for n in w1)
+    assert any(not torch.equal(w1[n], w2[n]) for n in w1)  # and the survivors trained
