@@ -9,11 +9,12 @@ Usage::
 Jobs, in the order they run (each one result file in ``bench/results/jackpot/``; an existing
 file is skipped, so the benchmark resumes):
 
-- ``magnitude``: global magnitude pruning of the teacher at 80 / 90 / 95 %, no training,
-  BatchNorm frozen (deterministic: one seed);
+- ``magnitude``: global magnitude pruning of the teacher at 80 / 90 / 95 %, no training, with
+  the teacher's BatchNorm statistics and with them re-estimated on the training images (the
+  stronger baseline; deterministic: one seed);
 - ``search``: the jackpot search (magnitude start, cosine short restriction, global layer rates,
-  SGD lr 0.1 on the scores) for 1, 5 and 30 epochs at 80 / 90 / 95 %, BatchNorm frozen and
-  BatchNorm trained, seeds 0..N-1;
+  SGD lr 0.1 on the scores) for 1, 5 and 30 epochs at 80 / 90 / 95 %, BatchNorm affine
+  parameters frozen and trained (running statistics re-estimated in both), seeds 0..N-1;
 - ``init``: 90 %, BatchNorm frozen, 30 epochs, magnitude vs random start, validation top-1 after
   every epoch (epochs to the same accuracy);
 - ``imp``: IMP with rewinding to epoch 1 from a seeded initialisation, 14 rounds of 5 epochs,
@@ -94,18 +95,30 @@ def jobs(teachers: Sequence[str], seeds: int) -> list[Job]:
         out.append(Job("imp", t))
         out += [Job("init", t, 90, 30, "frozen", 0, init) for init in ("magnitude", "random")]
     out += [Job("drift", "mtcnn_onet", s) for s in (50, 70, 90)]
-    # the runs the targets need first: 90 / 95 %, BatchNorm frozen, 5 epochs, the first teacher
-    first = [j for j in out if j.kind == "magnitude" and j.teacher == teachers[0]]
-    first += [
-        j
-        for j in out
-        if j.kind == "search"
-        and j.teacher == teachers[0]
-        and j.epochs == 5
-        and j.bn == "frozen"
-        and j.sparsity in (90, 95)
+    # cheap and target-critical runs first: magnitude, then 90 / 95 % at 5 epochs with
+    # BatchNorm frozen, IMP, the 1-epoch runs, drift and the start comparison of the first teacher
+    t0 = teachers[0]
+    tiers: list[Callable[[Job], bool]] = [
+        lambda j: j.kind == "magnitude" and j.teacher == t0,
+        lambda j: (
+            j.kind == "search"
+            and j.teacher == t0
+            and j.epochs == 5
+            and j.bn == "frozen"
+            and j.sparsity in (90, 95)
+        ),
+        lambda j: j.kind == "imp" and j.teacher == t0,
+        lambda j: j.kind == "search" and j.teacher == t0 and j.epochs == 1,
+        lambda j: j.kind == "drift",
+        lambda j: j.kind == "search" and j.teacher == t0 and j.epochs == 5,
+        lambda j: j.kind == "init" and j.teacher == t0,
+        lambda j: j.teacher == t0,
+        lambda j: True,
     ]
-    return first + [j for j in out if j not in first]
+    ordered: list[Job] = []
+    for tier in tiers:
+        ordered += [j for j in out if tier(j) and j not in ordered]
+    return ordered
 
 
 def _test_eval(data: str = "mnist") -> Callable[[Any], dict[str, float]]:
@@ -138,7 +151,14 @@ def run(job: Job) -> dict[str, Any]:
     evaluate = _test_eval()
     row["teacher_test_top1"] = evaluate(teacher)["test_top1"]
     if job.kind == "magnitude":
-        row |= evaluate(prune_unstructured(teacher, job.sparsity / 100))
+        from nas.compress.datasets import batches, load_data
+        from nas.compress.evaluate import recalibrate_bn
+
+        pruned = prune_unstructured(teacher, job.sparsity / 100)
+        row |= evaluate(pruned)
+        train = load_data("mnist", "train")
+        recalibrate_bn(pruned, batches(train, pruned.preprocessing, 250))
+        row |= {f"{k}_recal": v for k, v in evaluate(pruned).items()}
     elif job.kind in ("search", "init"):
         rates = layer_rates(teacher, job.sparsity / 100, "global")
         settings = SearchSettings(
@@ -225,9 +245,9 @@ def report(where: Path, md: Path, seeds: int) -> None:
         dense = next((r["teacher_test_top1"] for r in mine if "teacher_test_top1" in r), None)
         text += f"## {teacher} (dense test top-1 {dense if dense is not None else '–'})\n\n"
         rows = []
-        for s in SPARSITIES:
+        for s in sorted(SPARSITIES):
             mag = [r for r in mine if r["kind"] == "magnitude" and r["sparsity"] == s]
-            row = [f"{s}%", _stat(mag, "test_top1")]
+            row = [f"{s}%", _stat(mag, "test_top1"), _stat(mag, "test_top1_recal")]
             for bn in ("frozen", "trained"):
                 for e in sorted(EPOCHS):
                     runs = [
@@ -241,7 +261,7 @@ def report(where: Path, md: Path, seeds: int) -> None:
                     row.append(_stat(runs, "test_top1", seeds))
             rows.append(row)
         text += md_table(
-            ["sparsity", "magnitude"]
+            ["sparsity", "magnitude", "magnitude, BN re-estimated"]
             + [
                 f"jackpot {e:g} ep, BN {bn}" for bn in ("frozen", "trained") for e in sorted(EPOCHS)
             ],
@@ -266,9 +286,9 @@ def report(where: Path, md: Path, seeds: int) -> None:
 
 
 def _verdicts(mine: list[dict[str, Any]], dense: float | None) -> str:
-    def mean(kind: str, s: int, **kw: Any) -> float | None:
+    def mean(kind: str, s: int, key: str = "test_top1", **kw: Any) -> float | None:
         xs = [
-            r["test_top1"]
+            r[key]
             for r in mine
             if r["kind"] == kind
             and r["sparsity"] == s
@@ -285,11 +305,12 @@ def _verdicts(mine: list[dict[str, Any]], dense: float | None) -> str:
             f"(target: within 1 point): {'PASS' if ok else 'MISS'}"
         )
     for s in (90, 95):
-        j, m = mean("search", s, epochs=5, bn="frozen"), mean("magnitude", s)
+        j = mean("search", s, epochs=5, bn="frozen")
+        m = mean("magnitude", s, key="test_top1_recal")
         if j is not None and m is not None:
             lines.append(
-                f"- {s} %: jackpot (5 ep, BN frozen) {j:.2f} vs magnitude {m:.2f} "
-                f"(target: +2 points): {'PASS' if j >= m + 2 else 'MISS'}"
+                f"- {s} %: jackpot (5 ep, BN frozen) {j:.2f} vs magnitude with BN re-estimated "
+                f"{m:.2f} (target: +2 points): {'PASS' if j >= m + 2 else 'MISS'}"
             )
     return ("\n".join(lines) + "\n\n") if lines else ""
 

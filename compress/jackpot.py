@@ -5,8 +5,9 @@ The trained weights never change: a mask per prunable layer is searched by train
 scores through a straight-through estimator (:mod:`nas.compress.masks`), starting from the
 magnitude-pruning mask (scores 1.0 kept / 0.99 pruned) and changing under the short restriction
 (kept and pruned weights swap in equal numbers, a cosine-decaying share of them), so the
-sparsity is exact at every step. BatchNorm stays frozen (statistics and affine parameters) unless
-``train_bn`` lets it train. With labelled data the scores minimise cross-entropy; without (a model
+sparsity is exact at every step. BatchNorm's affine parameters stay frozen unless ``train_bn``
+lets them train; its running statistics are re-estimated during the search (the model runs in
+training mode, as in the authors' code) — they are statistics, not trained weights. With labelled data the scores minimise cross-entropy; without (a model
 judged by drift) they minimise every head's squared error to the original's outputs on probe
 images drawn with another seed than the probes the model is judged on.
 
@@ -143,10 +144,10 @@ def search_mask(
         total = max(1, math.ceil(settings.epochs * per_epoch))
         step, epoch = 0, 0
         while step < total:
-            net.eval()  # BatchNorm frozen: running statistics used, not updated
-            if settings.train_bn:
-                for bn in bns:
-                    bn.train()
+            # as the authors' code: the model in training mode, so BatchNorm normalises with
+            # batch statistics and re-estimates its running ones; its affine parameters train
+            # only with train_bn
+            net.train()
             loss_sum, n, swaps = 0.0, 0, 0
             for x, target in _batches(net, model, data, settings, epoch, device):
                 if step >= total:
