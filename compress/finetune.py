@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +40,14 @@ def distill(
     lr: float = 0.01,
     batch_size: int = 128,
     device: str = "cpu",
+    limit: int | None = None,
+    objective: Literal["kd", "logits"] = "kd",
 ) -> list[dict[str, Any]]:
     """Fine-tune ``student`` in place for ``epochs``; one history row (epoch, loss) per epoch.
+
+    ``limit`` trains on the first images of the training split only; ``objective`` ``logits``
+    regresses the teacher's outputs (squared error, as N2N does) instead of soft targets and
+    labels.
 
     Raises:
         UserError: ``epochs`` below 1, or the loss became NaN.
@@ -58,18 +64,19 @@ def distill(
     opt = torch.optim.SGD(
         student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
-    steps_per_epoch = math.ceil(_epoch_size(student, data) / batch_size)
+    steps_per_epoch = math.ceil(_epoch_size(data, limit) / batch_size)
     total, done, history = epochs * steps_per_epoch, 0, []
     for epoch in range(epochs):
         student.train()
         loss_sum, n = 0.0, 0
-        for x, y in _batches(student, data, batch_size, seed * 1000 + epoch):
+        for x, y in _batches(student, data, batch_size, seed * 1000 + epoch, limit):
             for group in opt.param_groups:
                 group["lr"] = lr_at(done / total, lr, warmup=0.0)
             x = x.to(device)
             with torch.no_grad():
                 target = teacher(x)
-            loss = _loss(student(x), target, None if y is None else y.to(device))
+            labels = None if y is None or objective == "logits" else y.to(device)
+            loss = _loss(student(x), target, labels)
             if not torch.isfinite(loss):
                 raise UserError(f"fine-tuning diverged: the loss became {loss.item()}")
             opt.zero_grad(set_to_none=True)
@@ -86,7 +93,7 @@ def distill(
 
 
 def _loss(out: Any, target: Any, y: torch.Tensor | None) -> torch.Tensor:
-    if y is None:  # drift: match every head
+    if y is None:  # drift or logit regression: match every head
         outs = out if isinstance(out, tuple) else (out,)
         targets = target if isinstance(target, tuple) else (target,)
         return sum(
@@ -99,20 +106,20 @@ def _loss(out: Any, target: Any, y: torch.Tensor | None) -> torch.Tensor:
     return SOFT_WEIGHT * soft + (1 - SOFT_WEIGHT) * F.cross_entropy(out, y)
 
 
-def _epoch_size(model: Network, data: str | None) -> int:
+def _epoch_size(data: str | None, limit: int | None) -> int:
     from nas.compress.datasets import load_data
 
-    return len(load_data(data, "train")) if data else PROBE_IMAGES
+    return len(load_data(data, "train", limit=limit)) if data else PROBE_IMAGES
 
 
 def _batches(
-    model: Network, data: str | None, batch_size: int, seed: int
+    model: Network, data: str | None, batch_size: int, seed: int, limit: int | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     from nas.compress.datasets import batches, load_data
     from nas.compress.drift import probe_images
 
     if data:
-        train = load_data(data, "train")
+        train = load_data(data, "train", limit=limit)
         yield from batches(
             train, model.preprocessing, batch_size, shuffle=True, seed=seed, augment=True
         )

@@ -7,9 +7,10 @@ magnitude-pruning mask (scores 1.0 kept / 0.99 pruned) and changing under the sh
 (kept and pruned weights swap in equal numbers, a cosine-decaying share of them), so the
 sparsity is exact at every step. BatchNorm's affine parameters stay frozen unless ``train_bn``
 lets them train; its running statistics are re-estimated during the search (the model runs in
-training mode, as in the authors' code) — they are statistics, not trained weights. With labelled data the scores minimise cross-entropy; without (a model
-judged by drift) they minimise every head's squared error to the original's outputs on probe
-images drawn with another seed than the probes the model is judged on.
+training mode, as in the authors' code): they are statistics, not trained weights. With labelled
+data the scores minimise cross-entropy; without (a model judged by drift) they minimise every
+head's squared error to the original's outputs on probe images drawn with another seed than the
+probes the model is judged on.
 
 A candidate of the search core is the overall sparsity and how it is spread over layers
 (``global``: one magnitude threshold; ``uniform``), or with ``per_layer`` one sparsity per

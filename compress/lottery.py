@@ -68,7 +68,11 @@ def _train(
     for epoch in range(s.epochs):
         net.train()
         for x, y in batches(
-            train, net.preprocessing, s.batch_size, shuffle=True, seed=seed * 1000 + epoch,
+            train,
+            net.preprocessing,
+            s.batch_size,
+            shuffle=True,
+            seed=seed * 1000 + epoch,
             augment=True,
         ):
             for group in opt.param_groups:
@@ -96,7 +100,7 @@ def iterative_magnitude_pruning(
     t0 = time.monotonic()
     net = copy.deepcopy(init)
     names = list(prunable(net))
-    masks = {n: torch.ones_like(prunable(net)[n].weight, dtype=torch.bool) for n in names}
+    masks = {n: torch.ones(_shape(prunable(net)[n]), dtype=torch.bool) for n in names}
     rewind: dict[str, torch.Tensor] | None = None
     rows, epochs = [], 0
     for r in range(settings.rounds + 1):
@@ -125,6 +129,12 @@ def iterative_magnitude_pruning(
                 assert isinstance(w, torch.Tensor)
                 w.mul_(masks[n])
     return rows
+
+
+def _shape(m: torch.nn.Module) -> tuple[int, ...]:
+    w = m.weight
+    assert isinstance(w, torch.Tensor)
+    return tuple(w.shape)
 
 
 def _prune(
