@@ -79,6 +79,9 @@ def compress(
     option: Annotated[
         list[str] | None, typer.Option("--option", help="Strategy option key=value; repeatable.")
     ] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="n2n: start from policies saved by an earlier run.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Compress a trained model: search the method's choices, select, export and report.
@@ -107,7 +110,8 @@ def compress(
         out=str(out_dir) if out_dir else None,
         batch_size=batch_size,
         device=device,
-        strategy_options=parse_options(option or []),
+        strategy_options=parse_options(option or [])
+        | ({"policy": str(policy.resolve())} if policy else {}),
         method_options=_method_options(set_ or [], sparsity),
         max_drop=max_drop,
         min_cosine=min_cosine,

@@ -192,8 +192,24 @@ def run_compress(
         files.update(model_files)
     elif chosen is not None:
         report["selected_trial_so_far"] = chosen.number
+    policy = _save_policy(p, result.study, out_dir)
+    if policy is not None:
+        files["policy"] = report["policy"] = policy
     files.update(write_reports(report, out_dir, front))
     return CompressResult(result, report, chosen if result.complete else None, files)
+
+
+def _save_policy(p: Prepared, study: optuna.Study, out_dir: Path) -> Path | None:
+    """A strategy with a learned policy (N2N's) writes it next to the report."""
+    from nas.search.job import make_strategy
+
+    strategy = make_strategy(p, 0)
+    save = getattr(strategy, "save_policy", None)
+    if save is None:
+        return None
+    strategy.learn(study)  # type: ignore[attr-defined]
+    path: Path = save(out_dir / "policy.safetensors")
+    return path
 
 
 # -- selection ---------------------------------------------------------------------------------

@@ -221,7 +221,7 @@ class N2NTask(CompressionTask):
     """
 
     name: str = "n2n"
-    default_strategy = "reinforce"
+    default_strategy = "n2n"
     recalibrate = False  # distillation trains BatchNorm
 
     def __init__(

@@ -200,6 +200,8 @@ def _task_knowledge(p: Prepared, cls: type[Strategy]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if cls.uses_budget:
         out["budget"] = p.config.budget
+    if cls.needs_task:
+        out["task"] = p.task
     if cls.needs_training_free:
         if p.training_free is None:
             if not isinstance(p.task, SupportsTrainingFree):

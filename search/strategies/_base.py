@@ -101,6 +101,9 @@ class Strategy(BaseSampler):
     #: whether the strategy takes a ``budget`` option (evaluations of the run), which the job
     #: passes unless the user's strategy options set it
     uses_budget: ClassVar[bool] = False
+    #: whether the strategy belongs to one task and takes it as the ``task`` option (a plugin's
+    #: own search, e.g. N2N's two-stage policies); the job passes it
+    needs_task: ClassVar[bool] = False
 
     def __init__(
         self,

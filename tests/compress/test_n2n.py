@@ -98,3 +98,66 @@ def test_nas_compress_n2n(teacher: Path, tmp_path: Path) -> None:
     assert s["params_m"] < report["original"]["params_m"] and s["trial"] in (0, 1, 2)
     best = max(report["front"], key=lambda r: r["metrics"]["reward"])
     assert s["trial"] == best["trial"]
+
+
+def test_two_stage_policy_search_saves_and_transfers(teacher: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    base = [
+        "compress",
+        str(teacher),
+        "--method",
+        "n2n",
+        "--data",
+        "digits",
+        "--storage",
+        f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "--set",
+        "distill_images=32",
+    ]
+    args = [
+        *base,
+        "--budget",
+        "6",
+        "--out",
+        str(out),
+        "--option",
+        "stage1=4",
+        "--option",
+        "rollouts=2",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["strategy"] == "n2n" and (out / "policy.safetensors").is_file()
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    n = len([k for k in trials[0] if k.startswith("keep")])
+    # two starting candidates, then stage 1 (every kept layer whole), then stage 2 (the best
+    # stage-1 child's removals, fractions chosen)
+    stage1 = [t for t in trials if 2 <= t["trial"] < 4]
+    assert all(t[f"frac{i}"] == 1.0 for t in stage1 for i in range(n) if t[f"keep{i}"])
+    first = [t for t in trials if t["trial"] < 4]
+    best = max(first, key=lambda t: (t["reward"], -t["trial"]))
+    for t in (t for t in trials if t["trial"] >= 4):
+        assert [t[f"keep{i}"] for i in range(n)] == [best[f"keep{i}"] for i in range(n)]
+    # the policies read per-layer features: they start a search on a deeper teacher
+    from nas.compress import save_model
+
+    deeper, _ = save_model(create_model("resnet32", width=0.25, in_channels=1), tmp_path / "r32")
+    again = CliRunner().invoke(
+        app,
+        [
+            *base[:1],
+            str(deeper),
+            *base[2:],
+            "--budget",
+            "3",
+            "--out",
+            str(tmp_path / "out2"),
+            "--study",
+            "transfer",
+            "--policy",
+            str(out / "policy.safetensors"),
+        ],
+    )
+    assert again.exit_code in (0, 1), again.output
+    assert json.loads((tmp_path / "out2" / "report.json").read_text())["evaluated"] == 3
