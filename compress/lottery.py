@@ -46,7 +46,7 @@ class IMPSettings:
             raise UserError("IMP rewinds to an epoch of the first round (0 .. epochs)")
 
 
-def _train(
+def train_masked(
     net: Network, data: str, s: IMPSettings, masks: dict[str, torch.Tensor], seed: int
 ) -> Iterator[int]:
     """Train ``net`` for ``s.epochs`` with ``masks`` held; yields after each epoch."""
@@ -104,7 +104,7 @@ def iterative_magnitude_pruning(
     rewind: dict[str, torch.Tensor] | None = None
     rows, epochs = [], 0
     for r in range(settings.rounds + 1):
-        for epoch in _train(net, data, settings, masks, settings.seed + r):
+        for epoch in train_masked(net, data, settings, masks, settings.seed + r):
             epochs += 1
             if r == 0 and epoch == settings.rewind_epochs:
                 rewind = copy.deepcopy(net.state_dict())
