@@ -18,9 +18,9 @@ log = logging.getLogger("nas")
 @user_errors
 def compress(
     checkpoint: Annotated[Path, typer.Argument(help="Trained weights: safetensors or state_dict.")],
-    method: Annotated[str, typer.Option(help="Compression method (nas compress --method).")] = (
-        "magnitude"
-    ),
+    method: Annotated[
+        str, typer.Option(help="Compression method: magnitude, jackpot, n2n (or a plugin's).")
+    ] = "magnitude",
     arch: Annotated[
         str | None,
         typer.Option(help="Zoo model or package.module:factory (not for models nas saved)."),
@@ -37,7 +37,8 @@ def compress(
         str | None, typer.Option(help="Search strategy (default: the method's own).")
     ] = None,
     objectives: Annotated[
-        str | None, typer.Option(help="Comma-separated (default top1,nnz_params_m).")
+        str | None,
+        typer.Option(help="Comma-separated (default: the method's, e.g. top1,nnz_params_m)."),
     ] = None,
     constraint: Annotated[
         list[str] | None, typer.Option(help="e.g. 'macs_m<=10'; repeatable.")
