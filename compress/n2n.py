@@ -23,7 +23,7 @@ import copy
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -217,7 +217,10 @@ class N2NTask(CompressionTask):
     child is a measurement (reward -1, so a policy learns from it); otherwise it is rejected.
 
     Method options: ``distill_images`` (1000), ``distill_epochs`` (1), ``max_params_m``,
-    ``min_top1``.
+    ``min_top1``, ``penalty`` (``hard``: -1 on a violation; ``soft``: the reward minus the
+    relative violation times a weight that grows linearly from 0 to 1 over the first
+    ``anneal`` evaluations of this process, floored at -1 — the annealed penalty of the
+    authors' code, which lets early children near the limit still teach the policy).
     """
 
     name: str = "n2n"
@@ -231,6 +234,8 @@ class N2NTask(CompressionTask):
         distill_epochs: int = 1,
         max_params_m: float | None = None,
         min_top1: float | None = None,
+        penalty: str = "hard",
+        anneal: int = 40,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -241,6 +246,9 @@ class N2NTask(CompressionTask):
         self.distill_images, self.distill_epochs = int(distill_images), int(distill_epochs)
         self.max_params_m = None if max_params_m is None else float(max_params_m)
         self.min_top1 = None if min_top1 is None else float(min_top1)
+        if penalty not in ("hard", "soft") or int(anneal) < 1:
+            raise UserError("n2n: penalty is hard or soft, and anneal at least 1")
+        self.penalty, self.anneal, self._evaluated = penalty, int(anneal), 0
         self.layers = layer_sequence(self.original)
         if not self.layers:
             raise UserError("n2n: the model has no layer it could remove or shrink")
@@ -312,15 +320,33 @@ class N2NTask(CompressionTask):
             m["reward"] = reward(
                 m["params_m"], self.baseline_counts["params_m"], m["top1"], self.teacher_val_top1
             )
-            too_big = self.max_params_m is not None and m["params_m"] > self.max_params_m
-            too_bad = self.min_top1 is not None and m["top1"] < self.min_top1
-            if too_big or too_bad:
-                m["reward"] = -1.0
+            m["reward"] = self._penalised(m)
         self._cache[key] = m
         return dict(m)
 
+    def violation(self, m: Mapping[str, float]) -> float:
+        """Relative violation of the constraints (0 when both hold)."""
+        v = 0.0
+        if self.max_params_m is not None and m["params_m"] > self.max_params_m:
+            v += (m["params_m"] - self.max_params_m) / self.max_params_m
+        if self.min_top1 is not None and m["top1"] < self.min_top1:
+            v += (self.min_top1 - m["top1"]) / max(self.min_top1, 1e-9)
+        return v
+
+    def _penalised(self, m: Mapping[str, float]) -> float:
+        self._evaluated += 1
+        v = self.violation(m)
+        if v <= 0:
+            return m["reward"]
+        if self.penalty == "hard":
+            return -1.0
+        weight = min(1.0, self._evaluated / self.anneal)
+        return max(-1.0, m["reward"] - weight * v)
+
     def options(self) -> dict[str, Any]:
         return {
+            "penalty": self.penalty,
+            "anneal": self.anneal,
             "distill_images": self.distill_images,
             "distill_epochs": self.distill_epochs,
             "max_params_m": self.max_params_m,

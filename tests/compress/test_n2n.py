@@ -161,3 +161,22 @@ def test_two_stage_policy_search_saves_and_transfers(teacher: Path, tmp_path: Pa
     )
     assert again.exit_code in (0, 1), again.output
     assert json.loads((tmp_path / "out2" / "report.json").read_text())["evaluated"] == 3
+
+
+def test_hard_and_annealed_soft_penalties(teacher: Path) -> None:
+    hard = create_task("n2n", checkpoint=str(teacher), data="digits", max_params_m=0.001, **QUICK)
+    m = {"params_m": 0.002, "top1": 50.0, "reward": 0.5}
+    assert hard.violation(m) == pytest.approx(1.0)
+    assert hard._penalised(m) == -1.0
+    assert hard._penalised({**m, "params_m": 0.0005}) == 0.5  # within the limit
+    soft = create_task(
+        "n2n",
+        checkpoint=str(teacher),
+        data="digits",
+        min_top1=80.0,
+        penalty="soft",
+        anneal=4,
+        **QUICK,
+    )
+    got = [soft._penalised(m) for _ in range(5)]  # violation 0.375, weight 1/4 .. 1
+    assert got == pytest.approx([0.5 - 0.375 * w for w in (0.25, 0.5, 0.75, 1.0, 1.0)])
