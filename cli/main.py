@@ -152,7 +152,9 @@ def strategies() -> None:
     Example: nas strategies
     """
     from nas.search.strategies import STRATEGIES
+    from nas.search.task import load_builtin_tasks
 
+    load_builtin_tasks()  # compression methods may bring their own strategy (n2n)
     for name in STRATEGIES.names():
         doc = (STRATEGIES.get(name).__doc__ or "").strip().splitlines()
         out.print(f"{name:<10} {doc[0] if doc else ''}", markup=False, highlight=False)

@@ -7,18 +7,12 @@
 
 from __future__ import annotations
 
-from nas.compress import jackpot as _jackpot  # noqa: F401  (registers the method)
-from nas.compress import magnitude as _magnitude  # noqa: F401  (registers the method)
-from nas.compress import n2n as _n2n  # noqa: F401  (registers the method)
-from nas.compress import n2n_policy as _n2n_policy  # noqa: F401  (registers its strategy)
 from nas.compress.arch import Network, Preprocessing, build
 from nas.compress.loading import build_model, load_checkpoint
 from nas.compress.model_io import ModelFileError, export_onnx, load_model, save_model
-from nas.compress.task import CompressionTask
 from nas.compress.zoo import create_model, list_models, register_model
 
 __all__ = [
-    "CompressionTask",
     "ModelFileError",
     "Network",
     "Preprocessing",

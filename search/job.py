@@ -122,11 +122,10 @@ def _create_task(config: SearchConfig) -> Task:
     from nas.supernets import create_supernet
 
     if config.task is not None:
-        import nas.compress  # noqa: F401  (registers the compression methods)
-        from nas.search.task import TASKS
+        from nas.search.task import get_task
 
         try:
-            factory = TASKS.get(config.task)
+            factory = get_task(config.task)
         except ValueError as e:
             raise UserError(str(e)) from None
         try:

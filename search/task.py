@@ -88,11 +88,23 @@ def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
     return TASKS.register(name)
 
 
+def load_builtin_tasks() -> None:
+    """Register the compression methods shipped with nas (and their strategies)."""
+    import nas.compress.methods  # noqa: F401
+
+
+def get_task(name: str) -> TaskFactory:
+    """The factory registered as ``name`` (built-in methods loaded first)."""
+    load_builtin_tasks()
+    return TASKS.get(name)
+
+
 def create_task(name: str, **options: Any) -> Task:
     """Build the task registered as ``name``."""
-    return TASKS.get(name)(**options)
+    return get_task(name)(**options)
 
 
 def list_tasks() -> list[str]:
     """Names of every registered task."""
+    load_builtin_tasks()
     return TASKS.names()

@@ -91,7 +91,7 @@ def test_nas_compress_n2n(teacher: Path, tmp_path: Path) -> None:
     ]
     result = CliRunner().invoke(app, args)
     report = json.loads((out / "report.json").read_text())
-    assert report["objectives"] == ["reward:max"] and report["strategy"] == "reinforce"
+    assert report["objectives"] == ["reward:max"] and report["strategy"] == "n2n"
     assert report["selection"]["quality"] == "reward"
     assert result.exit_code == 0, result.output  # the two starting children are valid
     s = report["selected"]
