@@ -50,6 +50,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/latency_cpu.py
 	$(BIN)/python bench/training_free.py
 	$(BIN)/python bench/teachers.py
+	$(BIN)/python bench/compress_magnitude.py
+	$(BIN)/python bench/jackpot.py
+	$(BIN)/python bench/n2n.py
 
 clean:
 	rm -rf build $(VENV) nas-out nas.db nas.db-wal nas.db-shm
