@@ -92,13 +92,16 @@ def distill(
     return history
 
 
+def match_heads(out: Any, target: Any) -> torch.Tensor:
+    """Sum over output heads of the squared error to the teacher's outputs."""
+    outs = out if isinstance(out, tuple) else (out,)
+    targets = target if isinstance(target, tuple) else (target,)
+    return sum((F.mse_loss(o, t) for o, t in zip(outs, targets, strict=True)), torch.tensor(0.0))
+
+
 def _loss(out: Any, target: Any, y: torch.Tensor | None) -> torch.Tensor:
     if y is None:  # drift or logit regression: match every head
-        outs = out if isinstance(out, tuple) else (out,)
-        targets = target if isinstance(target, tuple) else (target,)
-        return sum(
-            (F.mse_loss(o, t) for o, t in zip(outs, targets, strict=True)), torch.tensor(0.0)
-        )
+        return match_heads(out, target)
     t = TEMPERATURE
     soft = F.kl_div(F.log_softmax(out / t, 1), F.softmax(target / t, 1), reduction="batchmean") * (
         t * t

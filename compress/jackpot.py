@@ -183,11 +183,9 @@ def _cosine(t: float) -> float:
 
 
 def _loss(out: Any, target: Any, labelled: bool) -> torch.Tensor:
-    if labelled:
-        return F.cross_entropy(out, target)
-    outs = out if isinstance(out, tuple) else (out,)
-    targets = target if isinstance(target, tuple) else (target,)
-    return sum((F.mse_loss(o, t) for o, t in zip(outs, targets, strict=True)), torch.tensor(0.0))
+    from nas.compress.finetune import match_heads
+
+    return F.cross_entropy(out, target) if labelled else match_heads(out, target)
 
 
 def _epoch_size(data: str | None) -> int:
