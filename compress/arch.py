@@ -31,6 +31,12 @@ Layer types (every key not marked optional is required)::
                                                    # in-edges' layers applied to node i < j,
                                                    # zeros when it has none; the output is node
                                                    # n - 1. Every edge keeps the input's shape
+    {"type": "normact", "channels": C, "graph": {...}}
+                                                   # a normalization-activation layer given
+                                                   # as a graph (nas.compress.normact, EvoNorm)
+    {"type": "kan", "in": F, "out": F', ...}       # a Kolmogorov-Arnold layer (nas.compress.kan)
+    {"type": "convkan", "in": C, "out": C', "kernel": k, "stride": s, ...}
+                                                   # a KAN convolution (nas.compress.kan)
     {"type": "heads", "names": ["box", "prob"], "heads": [[...], [...]]}
                                                    # several outputs from one input: a tuple,
                                                    # one tensor per head; last layer only
@@ -321,6 +327,18 @@ def _out_channels(specs: Sequence[LayerSpec]) -> int | None:
     return None
 
 
+def _normact(s: LayerSpec, where: str) -> nn.Module:
+    from nas.compress.normact import build_normact  # layer types of their own modules
+
+    return build_normact(s, where)
+
+
+def _kan(s: LayerSpec, where: str) -> nn.Module:
+    from nas.compress.kan import build_kan
+
+    return build_kan(s, where)
+
+
 _BUILDERS: dict[str, Callable[[LayerSpec, str], nn.Module]] = {
     "conv": lambda s, w: ConvBNAct(s),
     "linear": lambda s, w: nn.Linear(int(s["in"]), int(s["out"]), bias=bool(s.get("bias", True))),
@@ -337,6 +355,9 @@ _BUILDERS: dict[str, Callable[[LayerSpec, str], nn.Module]] = {
     "bn": lambda s, w: nn.BatchNorm2d(int(s["channels"]), affine=bool(s.get("affine", True))),
     "cell": _cell,
     "heads": _heads,
+    "normact": _normact,
+    "kan": _kan,
+    "convkan": _kan,
 }
 
 
@@ -354,18 +375,18 @@ def layer_output_shape(s: LayerSpec, shape: Shape) -> Shape:
     Pure arithmetic on the spec, no modules built: lookup tables key blocks by it.
     """
     kind = s["type"]
-    if kind in ("conv", "maxpool", "avgpool"):
+    if kind in ("conv", "convkan", "maxpool", "avgpool"):
         c, h, w = shape
         k, st = int(s["kernel"]), int(s["stride"])
-        pad = int(s.get("padding", k // 2 if kind == "conv" else 0))
+        pad = int(s.get("padding", k // 2 if kind in ("conv", "convkan") else 0))
         rnd = math.ceil if s.get("ceil_mode", False) else math.floor
         h2, w2 = (int(rnd((n + 2 * pad - k) / st)) + 1 for n in (h, w))
-        return (int(s["out"]) if kind == "conv" else c, h2, w2)
+        return (int(s["out"]) if kind in ("conv", "convkan") else c, h2, w2)
     if kind == "gap":
         return (shape[0], 1, 1)
     if kind == "flatten":
         return (math.prod(shape),)
-    if kind == "linear":
+    if kind in ("linear", "kan"):
         return (*shape[:-1], int(s["out"]))
     if kind == "permute":
         full = (0, *shape)
