@@ -288,3 +288,69 @@ def check_beats_random(
     assert ours >= rand + 2.0 * se and ours > rand, (
         f"mean best {ours:.3f} is not two standard errors ({se:.3f}) above random's {rand:.3f}"
     )
+
+
+# --- the task (plugin) contract ------------------------------------------------------------
+
+
+def check_task(
+    task: Any,
+    *,
+    candidates: int = 2,
+    seed: int = 0,
+    invalid: Params | None = None,
+    deterministic: bool = True,
+) -> None:
+    """Assert the contract every task (plugin) keeps; raises ``AssertionError``.
+
+    For any :class:`~nas.search.task.Task` (compression methods of a checkpoint have the richer
+    :func:`nas.compress.testing.check_method`): the space is valid, the same object on every call,
+    and JSON-serialisable; :meth:`describe` is JSON; random candidates are either refused with
+    :class:`~nas.search.task.Rejected` or measured with finite values of known metric names, each
+    with a declared source; with ``deterministic`` the same candidate measures the same twice; and
+    ``invalid`` (a candidate outside the space, or one the task must refuse) raises ``ValueError``
+    or ``Rejected``.
+    """
+    import json
+
+    from optuna.distributions import distribution_to_json
+
+    from nas.search.objectives import known_metric
+    from nas.search.space import validate_space
+    from nas.search.task import SOURCES, Rejected, Task
+
+    assert isinstance(task, Task), f"{type(task).__name__} is not a Task"
+    space = task.space()
+    validate_space(space)
+    assert task.space() is space, "space() must return the same object on every call"
+    json.dumps({k: distribution_to_json(d) for k, d in space.items()})
+    json.dumps(task.describe())
+    sources = dict(task.sources())
+    rng = np.random.default_rng(seed)
+    measured = 0
+    for _ in range(candidates * 25):
+        params = sample(space, rng)
+        json.dumps(params)
+        try:
+            got = task.evaluate(params)
+        except Rejected:
+            continue
+        assert got, f"{params}: evaluate returned no metrics"
+        for name, value in got.items():
+            assert known_metric(name), f"{params}: unknown metric {name!r}"
+            assert math.isfinite(float(value)), f"{params}: {name} = {value}"
+            assert name in sources, f"{name} has no declared source"
+            assert sources[name].split(":")[0] in SOURCES, f"{name}: bad source {sources[name]!r}"
+        if deterministic:
+            again = task.evaluate(params)
+            assert again == got, f"{params}: measured {got}, then {again}"
+        measured += 1
+        if measured == candidates:
+            break
+    assert measured == candidates, f"{task.name} refused nearly every random candidate"
+    if invalid is not None:
+        try:
+            task.evaluate(invalid)
+        except (ValueError, Rejected):
+            return
+        raise AssertionError(f"{task.name} accepted {invalid}, which it must refuse")
