@@ -23,9 +23,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.search.objectives import Objective, pareto_mask
 from nas.search.strategies._base import SURPLUS_ATTR, is_feasible, violations_of
-from nas.search.study import ERROR_ATTR, PROVENANCE_ATTR, REJECTED_ATTR, WORKER_ATTR
+from nas.search.study import (
+    ERROR_ATTR,
+    PROVENANCE_ATTR,
+    PRUNED_ATTR,
+    REJECTED_ATTR,
+    WORKER_ATTR,
+)
 
-_INTERNAL = {SURPLUS_ATTR, REJECTED_ATTR, WORKER_ATTR, ERROR_ATTR}
+_INTERNAL = {SURPLUS_ATTR, REJECTED_ATTR, PRUNED_ATTR, WORKER_ATTR, ERROR_ATTR}
 
 
 def _clean(v: Any) -> Any:
@@ -55,7 +61,12 @@ def trial_rows(study: optuna.Study, objectives: Sequence[Objective]) -> list[dic
         row.update({k: v for k, v in t.user_attrs.items() if k not in _INTERNAL})
         row["feasible"] = is_feasible(t) if t.state == TrialState.COMPLETE else None
         row["pareto"] = t.number in front
-        row["note"] = t.user_attrs.get(REJECTED_ATTR) or t.user_attrs.get(ERROR_ATTR) or ""
+        row["note"] = (
+            t.user_attrs.get(REJECTED_ATTR)
+            or t.user_attrs.get(PRUNED_ATTR)
+            or t.user_attrs.get(ERROR_ATTR)
+            or ""
+        )
         rows.append({k: _clean(v) for k, v in row.items()})
     return rows
 

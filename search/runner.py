@@ -30,12 +30,13 @@ from nas.search.space import Params, suggest
 from nas.search.strategies._base import SURPLUS_ATTR
 from nas.search.study import (
     ERROR_ATTR,
+    PRUNED_ATTR,
     REJECTED_ATTR,
     WORKER_ATTR,
     counts_against_budget,
     retry_trial,
 )
-from nas.search.task import Rejected, Task
+from nas.search.task import Pruned, Rejected, Task
 
 log = logging.getLogger("nas")
 
@@ -156,7 +157,8 @@ class TaskObjective:
         try:
             m = self.task.evaluate(params)
         except Rejected as e:
-            trial.set_user_attr(REJECTED_ATTR, str(e) or "rejected")
+            attr = PRUNED_ATTR if isinstance(e, Pruned) else REJECTED_ATTR
+            trial.set_user_attr(attr, str(e) or attr.split(":")[1])
             raise optuna.TrialPruned(str(e)) from None
         except Exception as e:
             self.last_error = f"{type(e).__name__}: {e}"

@@ -29,6 +29,13 @@ class Rejected(Exception):
     """
 
 
+class Pruned(Rejected):
+    """Raised by :meth:`Task.evaluate` when a pruner stopped a hopeless evaluation part-way.
+
+    Counted like a rejection (PRUNED, ``nas:pruned``): evaluated, never retried.
+    """
+
+
 @runtime_checkable
 class Task(Protocol):
     """What the runner needs from a plugin."""
