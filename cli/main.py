@@ -15,6 +15,7 @@ import typer
 from nas.cli._args import parse_duration, parse_options, user_errors
 from nas.cli.compress_cmd import compress as compress_command
 from nas.cli.output import ProgressReporter, out, setup_logging, trials_table
+from nas.search.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,8 +56,17 @@ app.command("compress")(compress_command)
 @app.command()
 @user_errors
 def search(
-    supernet: Annotated[str, typer.Option(help="Supernet or benchmark space, e.g. nb201.")],
     hw: Annotated[str, typer.Option(help="Target hardware, e.g. gpu, raspi4, nb201:pixel3.")],
+    supernet: Annotated[
+        str | None, typer.Option(help="Supernet or benchmark space, e.g. nb201.")
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="A registered task instead of a supernet, e.g. synthetic."),
+    ] = None,
+    task_option: Annotated[
+        list[str] | None, typer.Option("--task-option", help="Task option key=value; repeatable.")
+    ] = None,
     strategy: Annotated[
         str | None, typer.Option(help="Search strategy (default: the task's own).")
     ] = None,
@@ -105,6 +115,10 @@ def search(
     option: Annotated[
         list[str] | None, typer.Option("--option", help="Strategy option key=value; repeatable.")
     ] = None,
+    heartbeat: Annotated[
+        int,
+        typer.Option(help="Seconds between worker heartbeats; a trial silent for 3 is retried."),
+    ] = 10,
     pick: Annotated[
         str | None, typer.Option(help="Pick one front member under a constraint.")
     ] = None,
@@ -117,9 +131,18 @@ def search(
     from nas.cli.search_cmd import run_search_command
     from nas.search.study import SearchConfig
 
+    if (supernet is None) == (task is None):
+        raise UserError("give one of --supernet or --task")
+    if task_option and task is None:
+        raise UserError("--task-option needs --task")
+    if heartbeat < 1:
+        raise UserError("--heartbeat must be at least 1 second")
     config = SearchConfig(
-        supernet=supernet,
+        supernet=supernet or str(task),
         hw=hw,
+        task=task,
+        task_options=parse_options(task_option or []),
+        heartbeat=heartbeat,
         strategy=strategy,
         objectives=tuple(s.strip() for s in (objectives or "").split(",") if s.strip()),
         constraints=tuple(constraint or ()),
@@ -382,6 +405,90 @@ def study_delete(
     from nas.cli.study_cmd import delete_study
 
     delete_study(name, storage, yes)
+
+
+@app.command("run")
+@user_errors
+def run_job(
+    job_file: Annotated[Path, typer.Argument(help="A job file (TOML, version = 1).")],
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the space size, budget and ETA; run nothing."),
+    ] = False,
+    evaluations: Annotated[
+        int, typer.Option(help="Evaluations timed by --dry-run for the ETA.")
+    ] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="--dry-run: print JSON.")] = False,
+) -> None:
+    """Run a job file: a search, compress, evonorm search or skan train job.
+
+    Example: nas run overnight.toml --dry-run
+    """
+    from nas.cli.jobs_cmd import load_job
+    from nas.cli.jobs_cmd import run_job as run
+
+    if evaluations < 1:
+        raise UserError("--evaluations must be at least 1")
+    code = run(app, load_job(job_file), dry_run, evaluations, as_json)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("worker")
+@user_errors
+def worker(
+    storage: Annotated[str, typer.Option(help="The study's SQLAlchemy URL (e.g. postgresql://).")],
+    study: Annotated[str, typer.Option(help="Study name.")],
+    timeout: Annotated[str | None, typer.Option(help="Stop after 90s, 10m, 8h, ...")] = None,
+    max_failures: Annotated[
+        int | None, typer.Option(help="Stop after this many failed trials (default: the job's).")
+    ] = None,
+) -> None:
+    """Join a study as one more worker, from the configuration stored with it.
+
+    Example: nas worker --storage postgresql://nas@db/nas --study nb201-overnight --timeout 8h
+    """
+    from nas.cli.jobs_cmd import worker as run_worker
+
+    code = run_worker(storage, study, parse_duration(timeout), max_failures)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("status")
+@user_errors
+def status(
+    storage: StorageOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Jobs of a storage: progress, ETA, best values and failures.
+
+    Example: nas status --storage sqlite:///nas.db
+    """
+    from nas.cli.jobs_cmd import status as show_status
+
+    show_status(storage, as_json)
+
+
+@app.command("report")
+@user_errors
+def report(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder (default: the study's output folder).")
+    ] = None,
+    pick: Annotated[
+        str | None, typer.Option(help="Label the front member picked under a constraint.")
+    ] = None,
+) -> None:
+    """Write an HTML report with PNG plots, the CSV/JSON exports and the provenance.
+
+    Example: nas report nb201-raspi4-top1,latency_ms --storage sqlite:///nas.db
+    """
+    from nas.cli.report_cmd import write_report
+
+    write_report(study, storage, out_dir, pick)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,17 @@ from nas.search.objectives import (
     parse_constraint,
     parse_objectives,
 )
-from nas.search.runner import BudgetGuard, StopControl, TaskObjective, optimize, reap_dead
+from nas.search.runner import (
+    BudgetGuard,
+    StopControl,
+    TaskObjective,
+    optimize,
+    reap_dead,
+)
 from nas.search.strategies import STRATEGIES, Strategy, create_strategy
 from nas.search.study import (
     MEMORY,
+    WORKER_ATTR,
     SearchConfig,
     evaluated,
     make_storage,
@@ -44,6 +52,15 @@ from nas.search.study import (
 from nas.search.task import SupportsTrainingFree, Task, TrainingFree
 
 log = logging.getLogger("nas")
+
+#: set by ``nas run --dry-run``: :func:`run_search` appends its prepared job here and raises
+#: :class:`PlanReady` instead of running
+PLAN: ContextVar[list[Prepared] | None] = ContextVar("nas_plan", default=None)
+
+
+class PlanReady(Exception):
+    """Raised by :func:`run_search` in plan mode (see :data:`PLAN`) once the job is prepared."""
+
 
 #: called with (evaluated, budget, study) after each trial (one worker) or each poll (many)
 ProgressFn = Callable[[int, int, optuna.Study], None]
@@ -233,6 +250,10 @@ def run_search(
     """
     start = time.monotonic()
     p = prepared if prepared is not None else prepare(config)
+    plan = PLAN.get()
+    if plan is not None:
+        plan.append(p)
+        raise PlanReady(p.config.study_name)
     storage = make_storage(p.config.storage_url, heartbeat=p.config.heartbeat)
     prov = provenance(p.config, p.task.describe(), dict(p.task.sources()))
     study = open_study(p.config, storage, [o.direction for o in p.objectives], prov)
@@ -270,26 +291,56 @@ def _warm_start(p: Prepared, study: optuna.Study) -> None:
 def _run_here(
     p: Prepared, study: optuna.Study, progress: ProgressFn | None, handle_signals: bool
 ) -> str | None:
-    study.sampler = make_strategy(p, 0)
-    guard = BudgetGuard(p.config.budget)
-    stop = StopControl(budget=p.config.budget, max_failures=p.config.max_failures, guard=guard)
-    objective = TaskObjective(p.task, p.objectives, p.constraints, guard)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = []
     if progress is not None:
         callbacks.append(lambda s, t: progress(evaluated(s), p.config.budget, s))
-    if handle_signals:
-        stop.install()
-    try:
-        optimize(study, objective, stop, timeout=p.config.timeout, callbacks=callbacks)
-    finally:
-        if handle_signals:
-            stop.uninstall()
+    stop, objective = work(
+        p, study, 0, p.config.timeout, handle_signals=handle_signals, callbacks=callbacks
+    )
     if stop.failures >= p.config.max_failures and objective.last_error:
         return f"{stop.reason}; last error: {objective.last_error}"
     return stop.reason
 
 
 # -- several local worker processes -----------------------------------------------------------
+def work(
+    p: Prepared,
+    study: optuna.Study,
+    worker: int,
+    timeout: float | None,
+    *,
+    handle_signals: bool = True,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+) -> tuple[StopControl, TaskObjective]:
+    """Evaluate trials of ``study`` in this process until the budget is met or a limit hits."""
+    study.sampler = make_strategy(p, worker)
+    guard = BudgetGuard(p.config.budget)
+    stop = StopControl(budget=p.config.budget, max_failures=p.config.max_failures, guard=guard)
+    objective = TaskObjective(p.task, p.objectives, p.constraints, guard)
+    if handle_signals:
+        stop.install()
+    try:
+        optimize(study, objective, stop, timeout=timeout, callbacks=[log_trial, *callbacks])
+    finally:
+        if handle_signals:
+            stop.uninstall()
+    return stop, objective
+
+
+def log_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """One log line per finished trial (the study's log file keeps them all)."""
+    values = ""
+    if trial.values is not None:
+        values = " values " + ", ".join(f"{v:.6g}" for v in trial.values)
+    log.info(
+        "trial %d %s%s (worker %s)",
+        trial.number,
+        trial.state.name,
+        values,
+        trial.user_attrs.get(WORKER_ATTR, "?"),
+    )
+
+
 def _worker_main(config_json: dict[str, Any], worker: int, deadline: float | None) -> None:
     """Entry point of a worker process: join the study and run until the budget is met."""
     os.setpgrp()  # the parent forwards signals; a terminal Ctrl-C reaches the parent only
@@ -297,13 +348,8 @@ def _worker_main(config_json: dict[str, Any], worker: int, deadline: float | Non
     p = prepare(replace(config, workers=1))
     storage = make_storage(p.config.storage_url, heartbeat=p.config.heartbeat)
     study = optuna.load_study(study_name=p.config.study_name, storage=storage)
-    study.sampler = make_strategy(p, worker)
-    guard = BudgetGuard(p.config.budget)
-    stop = StopControl(budget=p.config.budget, max_failures=p.config.max_failures, guard=guard)
-    objective = TaskObjective(p.task, p.objectives, p.constraints, guard)
-    stop.install()
     timeout = None if deadline is None else max(deadline - time.time(), 0.001)
-    optimize(study, objective, stop, timeout=timeout)
+    stop, objective = work(p, study, worker, timeout)
     if stop.reason and stop.failures >= p.config.max_failures:
         log.error("worker %d: %s; last error: %s", worker, stop.reason, objective.last_error)
         raise SystemExit(3)

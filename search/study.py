@@ -19,6 +19,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -31,6 +32,9 @@ from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.search.errors import ConfigMismatch, UserError
+from nas.search.inputs import INPUTS_ATTR
+from nas.search.inputs import check as check_inputs
+from nas.search.inputs import record as record_inputs
 from nas.search.objectives import Direction
 from nas.search.strategies._base import SURPLUS_ATTR
 
@@ -42,6 +46,9 @@ REJECTED_ATTR = "nas:rejected"
 PRUNED_ATTR = "nas:pruned"
 WORKER_ATTR = "nas:worker"
 ERROR_ATTR = "nas:error"
+JOB_ATTR = "nas:job"
+#: the job file (command and args) being run, stored with a study it creates (``nas run``)
+CURRENT_JOB: ContextVar[Mapping[str, Any] | None] = ContextVar("nas_job", default=None)
 DEFAULT_STORAGE = "sqlite:///nas.db"
 MEMORY = ":memory:"
 
@@ -108,7 +115,7 @@ class SearchConfig:
         registered task such as a compression method, where ``supernet`` labels the model)."""
         if self.study:
             return self.study
-        prefix = f"{self.task}-" if self.task else ""
+        prefix = f"{self.task}-" if self.task and self.task != self.supernet else ""
         return f"{prefix}{self.supernet}-{self.hw}-{','.join(self.objectives)}"
 
     @property
@@ -160,7 +167,7 @@ class SearchConfig:
 
 
 # -- storage ----------------------------------------------------------------------------------
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
     if not url.startswith("sqlite:///"):
         return None
     return Path(url[len("sqlite:///") :])
@@ -191,7 +198,7 @@ def make_storage(url: str | None = None, *, heartbeat: int = 10) -> BaseStorage:
     url = url or DEFAULT_STORAGE
     if url == MEMORY:
         return InMemoryStorage()
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     engine_kwargs: dict[str, Any] = {}
     if path is not None:
         _prepare_sqlite(path)
@@ -346,14 +353,20 @@ def open_study(
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
+        inputs = record_inputs(config)
         study = optuna.create_study(study_name=name, storage=storage, directions=list(directions))
         study.set_user_attr(CONFIG_ATTR, config.to_json())
         study.set_user_attr(PROVENANCE_ATTR, dict(prov))
+        study.set_user_attr(INPUTS_ATTR, inputs)
+        job = CURRENT_JOB.get()
+        if job is not None:
+            study.set_user_attr(JOB_ATTR, dict(job))
         return study
     stored = study.user_attrs.get(CONFIG_ATTR)
     if stored is None:
         raise UserError(f"study {name!r} exists but was not made by nas; pick another --study")
     check_same(SearchConfig.from_json(stored), config)
+    check_inputs(study.user_attrs.get(INPUTS_ATTR, {}), name)
     return study
 
 

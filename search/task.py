@@ -96,8 +96,10 @@ def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
 
 
 def load_builtin_tasks() -> None:
-    """Register the compression methods shipped with nas (and their strategies)."""
-    import nas.compress.methods  # noqa: F401
+    """Register the tasks shipped with nas: the compression methods (and their strategies) and
+    the synthetic benchmark task."""
+    import nas.compress.methods
+    import nas.search.synthetic  # noqa: F401
 
 
 def get_task(name: str) -> TaskFactory:
