@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/compress_magnitude.py
 	$(BIN)/python bench/jackpot.py
 	$(BIN)/python bench/n2n.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf build $(VENV) nas-out nas.db nas.db-wal nas.db-shm

@@ -223,3 +223,20 @@ def test_report_and_optuna_dashboard_read_our_study(tmp_path: Path) -> None:
     finally:
         dash.terminate()
         dash.wait(timeout=10)
+
+
+def test_job_args_map_to_the_commands_own_flags(tmp_path: Path) -> None:
+    from nas.cli.jobs_cmd import Job, find_command, job_argv
+    from nas.cli.main import app
+
+    args = {"checkpoint": "t.safetensors", "method": "jackpot", "int8": True, "budget": 5}
+    args |= {"set": ["sparsity=0.9", "epochs=1"], "max_drop": 0.5}
+    argv = job_argv(find_command(app, "compress"), Job(tmp_path / "j.toml", "compress", args))
+    assert argv == [
+        "t.safetensors", "--method", "jackpot", "--int8", "--budget", "5",
+        "--set", "sparsity=0.9", "--set", "epochs=1", "--max-drop", "0.5",
+    ]  # fmt: skip
+    off = job_argv(
+        find_command(app, "compress"), Job(tmp_path / "j.toml", "compress", {"int8": False})
+    )
+    assert off in ([], ["--no-int8"])
