@@ -116,7 +116,16 @@ def throughput(storage: str, kind: str, workers: int) -> dict[str, Any]:
     first = min(t.datetime_start for t in done if t.datetime_start)
     last = max(t.datetime_complete for t in done if t.datetime_complete)
     span = (last - first).total_seconds()
+    # steady state: from the moment every worker had started its first trial
+    starts = {}
+    for t in sorted(done, key=lambda t: t.datetime_start):
+        starts.setdefault(t.user_attrs.get("nas:worker"), t.datetime_start)
+    all_in = max(starts.values())
+    steady = [t for t in done if t.datetime_start >= all_in]
+    steady_span = (last - all_in).total_seconds()
     return {
+        "steady_evals_per_min": round(60 * len(steady) / steady_span, 2) if steady_span else None,
+        "workers_seen": len(starts),
         "kind": "throughput",
         "storage": kind,
         "workers": workers,
@@ -213,6 +222,14 @@ def _configs(postgres: str | None) -> list[tuple[str, str, str, int]]:
     return out
 
 
+def _num(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1f}"
+
+
+def _pct(v: float | None, ideal: float) -> str:
+    return "—" if v is None else f"{v / ideal:.0%}"
+
+
 def report(where: Path, md: Path) -> None:
     rows = {r["config"]: r for r in read_results(where)}
     tp = [r for r in rows.values() if r["kind"] == "throughput"]
@@ -223,8 +240,11 @@ def report(where: Path, md: Path) -> None:
         "Task `synthetic` (each evaluation sleeps a fixed time, so the figures measure the "
         "runner and the storage, not the CPU); the first worker is `nas run job.toml`, the "
         "others `nas worker` processes on the same machine. Evaluations per minute between "
-        "the first trial's start and the last trial's end; wall time includes process "
-        "start-up. One run per configuration.\n\n"
+        "the first trial's start and the last trial's end (the later workers' start-up "
+        "included), and in the steady state (from the moment every worker had started its "
+        "first trial); wall time includes process start-up. One run per configuration; the "
+        "machine also ran other benchmarks, which slows process start-up but not sleeping "
+        "evaluations.\n\n"
     )
     text += md_table(
         [
