@@ -367,6 +367,8 @@ def open_study(
         raise UserError(f"study {name!r} exists but was not made by nas; pick another --study")
     check_same(SearchConfig.from_json(stored), config)
     check_inputs(study.user_attrs.get(INPUTS_ATTR, {}), name)
+    if stored != config.to_json():  # e.g. a larger budget: workers that join follow it
+        study.set_user_attr(CONFIG_ATTR, config.to_json())
     return study
 
 
