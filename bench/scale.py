@@ -255,6 +255,8 @@ def report(where: Path, md: Path) -> None:
             "evals / min",
             "ideal",
             "efficiency",
+            "steady evals / min",
+            "steady efficiency",
             "wall s",
         ],
         [
@@ -266,6 +268,8 @@ def report(where: Path, md: Path) -> None:
                 f"{r['evals_per_min']:.1f}",
                 f"{r['ideal_evals_per_min']:.0f}",
                 f"{r['evals_per_min'] / r['ideal_evals_per_min']:.0%}",
+                _num(r.get("steady_evals_per_min")),
+                _pct(r.get("steady_evals_per_min"), r["ideal_evals_per_min"]),
                 f"{r['wall_s']:.0f}",
             ]
             for r in sorted(tp, key=lambda r: (r["storage"], r["workers"]))
