@@ -54,6 +54,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/jackpot.py
 	$(BIN)/python bench/n2n.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/evonorm.py --max-minutes 45
+	$(BIN)/python bench/skan.py --max-minutes 45
 
 clean:
 	rm -rf build $(VENV) nas-out nas.db nas.db-wal nas.db-shm

@@ -14,7 +14,9 @@ import typer
 
 from nas.cli._args import parse_duration, parse_options, user_errors
 from nas.cli.compress_cmd import compress as compress_command
+from nas.cli.evonorm_cmd import evonorm_app
 from nas.cli.output import ProgressReporter, out, setup_logging, trials_table
+from nas.cli.skan_cmd import skan_app
 from nas.search.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,6 +52,8 @@ predictor_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(predictor_app, name="predictor")
+app.add_typer(skan_app, name="skan")
+app.add_typer(evonorm_app, name="evonorm")
 app.command("compress")(compress_command)
 
 

@@ -7,7 +7,7 @@ import with torch alone; the search core imports this module when it needs a met
 
 from __future__ import annotations
 
-from nas.compress import jackpot, magnitude, n2n, n2n_policy
+from nas.compress import evonorm, jackpot, magnitude, n2n, n2n_policy, skan_task
 from nas.compress.task import CompressionTask
 
-__all__ = ["CompressionTask", "jackpot", "magnitude", "n2n", "n2n_policy"]
+__all__ = ["CompressionTask", "evonorm", "jackpot", "magnitude", "n2n", "n2n_policy", "skan_task"]

@@ -8,6 +8,7 @@ imported inside the strategies that use them, so importing this package stays fa
 from __future__ import annotations
 
 from nas.search.strategies import (  # noqa: F401
+    aging,
     botorch,
     linas,
     nsga2,
