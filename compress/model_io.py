@@ -84,10 +84,13 @@ def _read_document(path: Path) -> tuple[dict[str, Any], Path]:
     if arch.is_file():
         text = arch.read_text()
     else:  # the architecture is repeated in the weights' metadata
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(weights), framework="pt") as f:
-            text = (f.metadata() or {}).get(FORMAT, "")
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                text = (f.metadata() or {}).get(FORMAT, "")
+        except (SafetensorError, OSError) as e:
+            raise ModelFileError(f"{weights}: not a readable safetensors file ({e})") from None
         if not text:
             raise ModelFileError(f"{arch}: no such file, and {weights.name} does not embed one")
     try:

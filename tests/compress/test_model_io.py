@@ -91,6 +91,10 @@ def test_bad_model_files(tmp_path: Path) -> None:
     arch.write_text(json.dumps(doc))
     with pytest.raises(ModelFileError, match=r"layers\.0\.conv\.weight.*\(8, 3, 3, 3\)"):
         load_model(arch)
+    junk = tmp_path / "junk.safetensors"  # no JSON beside it, and not safetensors either
+    junk.write_bytes(b"\x00" * 40)
+    with pytest.raises(ModelFileError, match="not a readable safetensors file"):
+        load_model(junk)
 
 
 def test_spec_errors_name_the_layer() -> None:
