@@ -8,21 +8,51 @@ side studies (``<study>:curves:<arch>``) live in the same storage.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
-from nas.compress.evonorm import graph_to_params, params_to_graph, rejection_counts
+from nas.compress.evonorm import KINDS, graph_to_params, params_to_graph
 from nas.compress.normact import FIXED, Graph, GraphError, check_graph
-from nas.compress.normact_canon import canonical_hash, equivalent_known, formula
+from nas.compress.normact_canon import (
+    canonical_hash,
+    equivalent_known,
+    formula,
+    numerically_equal,
+)
 from nas.search.errors import UserError
 from nas.search.study import SearchConfig
 
 #: layers ``apply`` and the benchmark name (``gn`` is only the stand-in for plain BNs)
 LAYER_NAMES = ("bn-relu", "gn-relu", "b0", "s0")
+
+
+def rejection_kind(trial: FrozenTrial) -> str | None:
+    """``invalid`` / ``stability`` / ``nan`` / ``quality`` / ``pruned`` for a rejected or pruned
+    trial of an evonorm study, else None."""
+    from nas.search.study import PRUNED_ATTR, REJECTED_ATTR
+
+    if trial.state != TrialState.PRUNED:
+        return None
+    if PRUNED_ATTR in trial.user_attrs:
+        return "pruned"
+    reason = str(trial.user_attrs.get(REJECTED_ATTR, ""))
+    kind = reason.split(":", 1)[0]
+    return kind if kind in KINDS else None
+
+
+def rejection_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
+    """How many trials each protocol rejected (and the pruner stopped), plus ``evaluated``
+    (COMPLETE trials, which measured every architecture)."""
+    counts = Counter(k for t in trials if (k := rejection_kind(t)) is not None)
+    out = {k: counts.get(k, 0) for k in KINDS}
+    out["evaluated"] = sum(t.state == TrialState.COMPLETE for t in trials)
+    return out
 
 
 @dataclass(frozen=True)
@@ -109,14 +139,17 @@ def _nodes(study: optuna.Study) -> int:
 
 def best_layers(study: optuna.Study, top: int = 5) -> list[dict[str, Any]]:
     """The ``top`` measured layers by mean accuracy over the architectures (equivalent graphs
-    once), each with its formula, canonical hash, accuracies and known equivalent."""
+    once: the same canonical form, or numerically equal to a layer listed above, as ``x*x`` and
+    ``square(x)``), each with its formula, canonical hash, accuracies and known equivalent."""
     nodes = _nodes(study)
-    rows, seen = [], set()
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
     for t in sorted(done, key=lambda t: -sum(t.values) / len(t.values)):
         graph = params_to_graph(t.params, nodes)
         key = canonical_hash(graph)
-        if key in seen:
+        if key in seen or any(numerically_equal(graph, r["graph"]) for r in rows):
+            seen.add(key)
             continue
         seen.add(key)
         accs = {k: v for k, v in t.user_attrs.items() if k.startswith("top1@")}

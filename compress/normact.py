@@ -128,6 +128,35 @@ def depends_on_input(graph: Graph) -> bool:
     return 0 in live_nodes(graph)
 
 
+def has_statistics(graph: Graph) -> bool:
+    """Whether the output depends on an aggregate (mean or std) of a value that depends on
+    ``x``: whether the layer normalises at all, rather than being a pure activation."""
+    nodes = graph["nodes"]
+    stats = [
+        nodes[i - len(INITIAL)]["in"][0]
+        for i in live_nodes(graph)
+        if i >= len(INITIAL) and nodes[i - len(INITIAL)]["op"] in AGGREGATES
+    ]
+    return any(0 in live_nodes(dict(graph, output=j)) for j in stats)
+
+
+def elementwise_on_input(graph: Graph) -> bool:
+    """Whether ``x`` reaches the output along a path through no aggregate. If not, the output
+    is constant over space (and over the batch or groups): the layer discards its feature map."""
+    reach = {0}
+    for k, n in enumerate(graph["nodes"]):
+        if n["op"] not in AGGREGATES and any(j in reach for j in n["in"]):
+            reach.add(len(INITIAL) + k)
+    return int(graph["output"]) in reach
+
+
+def normalises(graph: Graph) -> bool:
+    """Whether the graph is a normalization-activation layer at all: the output depends on
+    ``x`` element-wise (:func:`elementwise_on_input`) and on a statistic of it
+    (:func:`has_statistics`)."""
+    return elementwise_on_input(graph) and has_statistics(graph)
+
+
 def effective_groups(channels: int, groups: int) -> int:
     """Groups actually used: ``gcd(channels, groups)`` (so every group has equal size)."""
     return math.gcd(int(channels), max(1, int(groups)))

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from nas.compress.arch import Network, build
-from nas.compress.evonorm_train import replace_norm_act, transfer, with_layer, zoo_model
+from nas.compress.evonorm_train import (
+    fit,
+    lr_at,
+    replace_norm_act,
+    tensors,
+    transfer,
+    with_layer,
+    zoo_model,
+)
 from nas.compress.model_io import export_onnx, load_model, save_model
 from nas.compress.normact import (
     EPS,
@@ -20,8 +28,11 @@ from nas.compress.normact import (
     NormReLU,
     build_normact,
     check_graph,
+    elementwise_on_input,
     graph_of,
+    has_statistics,
     node,
+    normalises,
 )
 from nas.compress.normact_canon import (
     KNOWN,
@@ -170,3 +181,31 @@ def test_replacing_layers_transfers_weights() -> None:
     again = build(new.spec, new.preprocessing)
     assert transfer(new.state_dict(), again, {}) == len(again.state_dict())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in new.modules())
+
+
+def test_statistics_are_required_of_x() -> None:
+    assert all(normalises(g) for g in KNOWN.values())
+    only_stats = graph_of([node("std_group", 0), node("mean_batch", 0), node("div", 4, 5)])
+    assert has_statistics(only_stats) and not elementwise_on_input(only_stats)
+    assert not normalises(only_stats)  # constant over space
+    assert not has_statistics(graph_of([node("max", 0, 1)]))  # ReLU
+    assert not has_statistics(graph_of([node("std_batch", 3), node("div", 0, 4)]))  # x/std(v1)
+    assert has_statistics(graph_of([node("abs", 0), node("mean_group", 4), node("add", 3, 5)]))
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    assert [round(lr_at(s, 10, 1.0, warmup=2), 3) for s in (0, 1, 2, 10)] == [0.5, 1.0, 1.0, 0.0]
+    assert lr_at(0, 10, 1.0) == 1.0
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_held_back_convnet_trains_with_every_reference(optimizer: str) -> None:
+    """convnet5 (the benchmark's held-back net) builds with each layer and fits a little."""
+    for name in ("bn-relu", "gn-relu", "b0", "s0"):
+        torch.manual_seed(0)
+        net = zoo_model("convnet5", name, width=0.25, input_size=12)
+        data = tensors("digits", "train", net, 32)
+        fit(net, data, steps=3, batch=2, lr=1e-3, seed=0, optimizer=optimizer, clip=1.0)
+        assert net(net.example_input(1)).shape == (1, 10)
+    with pytest.raises(ValueError, match="optimizer"):
+        fit(net, data, steps=1, batch=2, lr=1e-3, seed=0, optimizer="lion")
