@@ -360,12 +360,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--max-minutes", type=float, default=None, help="start no job after")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument(
+        "--reverse", action="store_true", help="last job first (a second process meets the first)"
+    )
     args = ap.parse_args(argv)
     kinds = {k for k in args.only.split(",") if k}
     teachers = [t for t in args.teachers.split(",") if t]
     where, md = RESULTS / NAME, RESULTS / f"{NAME}.md"
     deadline, failed = Deadline(args.max_minutes), 0
     todo = [j for j in jobs(teachers, args.seeds) if not kinds or j.kind in kinds]
+    todo = todo[::-1] if args.reverse else todo
     for job in [] if args.report_only else todo:
         path = where / f"{job.key}.json"
         if path.exists() or deadline.passed():
