@@ -209,12 +209,15 @@ def plan_job(command: Any, job: Job, argv: Sequence[str], evaluations: int, as_j
     if code or not captured:
         return code or 2
     plan = make_plan(captured[0], timed=evaluations)
+    extra = ""
+    if plan.rejected:
+        extra = f" ({plan.rejected} more rejected, {plan.seconds_per_rejection:.3g} s each)"
     size = plan.space_size
     text = (
         f"study {plan.study}: task {plan.task}, strategy {plan.strategy}, space "
         f"{'continuous' if size == float('inf') else f'{size:.4g} candidates'}, budget "
         f"{plan.budget} ({plan.evaluated} evaluated), {plan.workers} worker(s); "
-        f"{plan.seconds_per_evaluation:.3g} s per evaluation over {plan.timed} timed, "
+        f"{plan.seconds_per_evaluation:.3g} s per evaluation over {plan.timed} timed{extra}, "
         f"ETA {_duration(plan.eta_seconds)}"
     )
     _say(as_json, {"command": job.command, "plan": plan.to_json()}, text)

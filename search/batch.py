@@ -46,7 +46,11 @@ ACTIVE_WINDOW = 600.0
 
 @dataclass(frozen=True)
 class Plan:
-    """What a job would do: its space, budget, progress so far and an estimated duration."""
+    """What a job would do: its space, budget, progress so far and an estimated duration.
+
+    ``timed`` candidates were measured in full; ``rejected`` more were refused on the way (a
+    plugin that rejects most random candidates, as EvoNorm does, is timed on the ones it keeps).
+    """
 
     study: str
     task: str
@@ -56,13 +60,17 @@ class Plan:
     evaluated: int
     workers: int
     timed: int
+    rejected: int
     seconds_per_evaluation: float
+    seconds_per_rejection: float
 
     @property
     def eta_seconds(self) -> float:
-        """Remaining evaluations × the timed mean, shared by the workers."""
+        """Remaining evaluations × the time of a full one, shared by the workers (an upper
+        estimate when some candidates will be rejected early)."""
         remaining = max(self.budget - self.evaluated, 0)
-        return remaining * self.seconds_per_evaluation / max(self.workers, 1)
+        per = self.seconds_per_evaluation if self.timed else self.seconds_per_rejection
+        return remaining * per / max(self.workers, 1)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,7 +82,9 @@ class Plan:
             "evaluated": self.evaluated,
             "workers": self.workers,
             "timed_evaluations": self.timed,
+            "rejected_while_timing": self.rejected,
             "seconds_per_evaluation": round(self.seconds_per_evaluation, 4),
+            "seconds_per_rejection": round(self.seconds_per_rejection, 4),
             "eta_seconds": round(self.eta_seconds, 1),
         }
 
@@ -92,24 +102,37 @@ def _evaluated_so_far(p: Prepared) -> int:
     return evaluated(study)
 
 
-def make_plan(p: Prepared, timed: int = 3) -> Plan:
-    """Time ``timed`` evaluations of random candidates (seeded) and estimate the job.
+#: random candidates a plan draws at most, to find ``timed`` the task measures in full
+MAX_DRAWS = 100
 
-    Raises:
-        UserError: an evaluation failed (the job would fail the same way).
-    """
+
+def _time_evaluations(p: Prepared, timed: int) -> tuple[list[float], list[float]]:
+    """Seconds of full evaluations and of rejections, drawing random (seeded) candidates until
+    ``timed`` were measured in full or :data:`MAX_DRAWS` were drawn."""
     rng = np.random.default_rng(p.config.seed)
-    times = []
-    for _ in range(timed):
+    full: list[float] = []
+    refused: list[float] = []
+    while len(full) < timed and len(full) + len(refused) < max(timed, MAX_DRAWS):
         params = sample(p.task.space(), rng)
         start = time.perf_counter()
         try:
             p.task.evaluate(params)
         except Rejected:
-            pass
+            refused.append(time.perf_counter() - start)
+            continue
         except Exception as e:
             raise UserError(f"a timed evaluation failed: {type(e).__name__}: {e}") from None
-        times.append(time.perf_counter() - start)
+        full.append(time.perf_counter() - start)
+    return full, refused
+
+
+def make_plan(p: Prepared, timed: int = 3) -> Plan:
+    """Time ``timed`` full evaluations of random candidates (seeded) and estimate the job.
+
+    Raises:
+        UserError: an evaluation failed (the job would fail the same way).
+    """
+    full, refused = _time_evaluations(p, timed)
     return Plan(
         study=p.config.study_name,
         task=p.config.task or p.config.supernet,
@@ -118,8 +141,10 @@ def make_plan(p: Prepared, timed: int = 3) -> Plan:
         budget=p.config.budget,
         evaluated=_evaluated_so_far(p),
         workers=p.config.workers,
-        timed=len(times),
-        seconds_per_evaluation=statistics.fmean(times) if times else 0.0,
+        timed=len(full),
+        rejected=len(refused),
+        seconds_per_evaluation=statistics.fmean(full) if full else 0.0,
+        seconds_per_rejection=statistics.fmean(refused) if refused else 0.0,
     )
 
 

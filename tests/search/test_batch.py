@@ -240,3 +240,30 @@ def test_job_args_map_to_the_commands_own_flags(tmp_path: Path) -> None:
         find_command(app, "compress"), Job(tmp_path / "j.toml", "compress", {"int8": False})
     )
     assert off in ([], ["--no-int8"])
+
+
+def test_plan_times_full_evaluations_past_rejections() -> None:
+    from dataclasses import replace
+
+    from nas.search.batch import make_plan
+    from nas.search.job import prepare
+    from nas.search.study import SearchConfig
+    from nas.search.task import Rejected
+
+    p = prepare(SearchConfig(supernet="synthetic", hw="cpu", task="synthetic", budget=10))
+    inner = p.task
+
+    class HalfRejected:  # refuses every candidate whose x0 is even, as a plugin may
+        name = "half"
+
+        def __getattr__(self, attr: str) -> object:
+            return getattr(inner, attr)
+
+        def evaluate(self, params: dict) -> dict:
+            if int(params["x0"]) % 2 == 0:
+                raise Rejected("even")
+            return inner.evaluate(params)
+
+    plan = make_plan(replace(p, task=HalfRejected()), timed=3)  # type: ignore[arg-type]
+    assert plan.timed == 3 and plan.rejected >= 1
+    assert plan.to_json()["rejected_while_timing"] == plan.rejected
