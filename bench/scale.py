@@ -243,8 +243,8 @@ def report(where: Path, md: Path) -> None:
         "the first trial's start and the last trial's end (the later workers' start-up "
         "included), and in the steady state (from the moment every worker had started its "
         "first trial); wall time includes process start-up. One run per configuration; the "
-        "machine also ran other benchmarks, which slows process start-up but not sleeping "
-        "evaluations.\n\n"
+        "load column is the machine's 1-minute load average when the run started (other "
+        "work slows the per-trial Python overhead and process start-up, not the sleeps).\n\n"
     )
     text += md_table(
         [
@@ -258,6 +258,7 @@ def report(where: Path, md: Path) -> None:
             "steady evals / min",
             "steady efficiency",
             "wall s",
+            "load",
         ],
         [
             [
@@ -271,6 +272,7 @@ def report(where: Path, md: Path) -> None:
                 _num(r.get("steady_evals_per_min")),
                 _pct(r.get("steady_evals_per_min"), r["ideal_evals_per_min"]),
                 f"{r['wall_s']:.0f}",
+                _num(r.get("load_1min_before")),
             ]
             for r in sorted(tp, key=lambda r: (r["storage"], r["workers"]))
         ],
@@ -285,6 +287,7 @@ def report(where: Path, md: Path) -> None:
             "failed (killed)",
             "lost",
             "duplicated",
+            "load",
             "result",
         ],
         [
@@ -296,6 +299,7 @@ def report(where: Path, md: Path) -> None:
                 str(r["failed"]),
                 str(r["lost"]),
                 str(r["duplicated"]),
+                _num(r.get("load_1min_before")),
                 "PASS" if r["lost"] == 0 and r["duplicated"] == 0 else "MISS",
             ]
             for r in sorted(kills, key=lambda r: r["storage"])
@@ -326,9 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (wanted and name not in wanted) or path.exists() or deadline.passed():
             continue
         print(f"[{now_iso()}] {name} ...", flush=True)
+        load_before = os.getloadavg()[0]
         try:
             row = throughput(url, kind, workers) if workers else kill_resume(url, kind)
             row |= {
+                "load_1min_before": round(load_before, 2),
                 "config": name,
                 "date": now_iso(),
                 "git_commit": git_commit(),
