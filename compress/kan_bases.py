@@ -30,6 +30,7 @@ Registered bases:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
@@ -41,7 +42,7 @@ MARGIN = 0.01
 GRID_EPS = 0.02
 
 
-class Basis:
+class Basis(ABC):
     """A family of ``grid + order`` univariate functions on an interval per input.
 
     Args:
@@ -68,9 +69,9 @@ class Basis:
         pad = MARGIN * (hi - lo) + 1e-4
         return torch.stack([lo - pad, hi + pad], dim=1)
 
+    @abstractmethod
     def features(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """The functions on ``x`` ``(N, F)``: ``(N, F, n)``."""
-        raise NotImplementedError
 
     @staticmethod
     def scaled(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -82,8 +83,9 @@ class Basis:
 class _Centred(Basis):
     """One profile on ``n`` uniform centres spanning ``[lo, hi]``, one spacing ``h`` wide."""
 
+    @abstractmethod
     def profile(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The profile at offsets ``t`` from each centre, in spacings."""
 
     def features(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         u = self.scaled(x, grid).unsqueeze(-1) * (self.n - 1)  # centres at 0 .. n-1
